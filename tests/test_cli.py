@@ -1,0 +1,114 @@
+"""The `thorax` command as a user runs it: one-line errors with exit code 2, and `thorax sample`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+from thorax.latents import latent_for, latents_for
+from training.config import load_config
+from training.train import RunOptions, train
+
+
+def thorax(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "thorax.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "--config", "nope"], "no config 'nope'"),
+        (
+            ["train", "--data", "/nonexistent/folder", "--run-dir", "RUN"],
+            "data folder /nonexistent/folder does not exist",
+        ),
+        (["train", "--limit-images", "0"], "must be at least 1"),
+        (["sample", "--model", "no-such-model"], "no model 'no-such-model'"),
+        (["sample", "--label", "Cardiomegaly=2"], "the value must be in 0..1"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args: list[str], message: str, tmp_path: Path) -> None:
+    args = [str(tmp_path / "run") if a == "RUN" else a for a in args]
+    result = thorax(*args)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("thorax: error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory, data_dir: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("tiny")
+    train(load_config("tiny"), RunOptions(run_dir, data_dir, limit_images=32, quiet=True))
+    return run_dir / "generator"
+
+
+def test_sample_writes_pngs_with_their_labels_and_repeats_exactly(
+    tmp_path: Path, tiny_generator: Path
+) -> None:
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    for out, batch in ((out_a, "4"), (out_b, "3")):  # the batch size must not change any image
+        result = thorax(
+            "sample",
+            "--model",
+            str(tiny_generator),
+            "--count",
+            "5",
+            "--seed",
+            "7",
+            "--label",
+            "cardiomegaly",
+            "--label",
+            "Effusion=0.5",
+            "--out",
+            str(out),
+            "--batch",
+            batch,
+        )
+        assert result.returncode == 0, result.stderr
+    files = sorted(out_a.glob("*.png"))
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
+    for f in files:
+        with Image.open(f) as im:
+            assert im.format == "PNG" and im.mode == "L" and im.size == (16, 16)
+        assert (
+            hashlib.sha256(f.read_bytes()).digest() == hashlib.sha256((out_b / f.name).read_bytes()).digest()
+        )
+    rows = [json.loads(line) for line in (out_a / "samples.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(5))
+    assert rows[0]["labels"]["Cardiomegaly"] == 1.0 and rows[0]["labels"]["Effusion"] == 0.5
+    assert rows[0]["labels"]["Hernia"] == 0.0
+    # another seed gives other images
+    other = thorax(
+        "sample", "--model", str(tiny_generator), "--count", "1", "--seed", "8", "--out", str(tmp_path / "c")
+    )
+    assert other.returncode == 0
+    assert (tmp_path / "c" / "000000.png").read_bytes() != (out_a / "000000.png").read_bytes()
+
+
+def test_latents_are_keyed_by_seed_and_index_not_by_batch() -> None:
+    whole = latents_for(3, range(10), 32)
+    assert np.array_equal(whole[7], latent_for(3, 7, 32))
+    assert np.array_equal(latents_for(3, [7, 2], 32), whole[[7, 2]])
+    assert not np.array_equal(latent_for(3, 7, 32), latent_for(4, 7, 32))
+    assert abs(float(latents_for(0, range(2000), 16).std()) - 1.0) < 0.03

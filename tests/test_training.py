@@ -1,0 +1,181 @@
+"""The training loop on real radiographs with the tiny config: finite losses, sample grids,
+checkpoints that resume bit for bit, the patient-disjoint split, both label-table layouts."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from thorax.errors import UserError
+from thorax.labels import NIH_LABELS
+from training.config import config_from_dict, load_config
+from training.data import RadiographSet, patient_split, read_label_table
+from training.train import RunOptions, train
+
+LIMIT = 96  # training images used by the tiny runs
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_dir: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    train(load_config("tiny"), RunOptions(run_dir, data_dir, limit_images=LIMIT, quiet=True, log_every_s=0))
+    return run_dir
+
+
+def test_tiny_run_on_real_images_has_finite_losses(tiny_run: Path) -> None:
+    records = [json.loads(line) for line in (tiny_run / "log.jsonl").read_text().splitlines()]
+    assert records, "no progress was logged"
+    assert {r["resolution"] for r in records} == {4, 8, 16}
+    for r in records:
+        for key in ("loss_D", "loss_G", "wasserstein", "gp", "label_D", "label_G"):
+            assert math.isfinite(r[key]), (key, r)
+    assert records[-1]["kimg"] == pytest.approx(load_config("tiny").total_kimg, abs=0.008)
+
+
+def test_tiny_run_writes_sample_grids_for_every_stage(tiny_run: Path) -> None:
+    grids = sorted(p.name for p in (tiny_run / "samples").glob("0*.png"))
+    phases = {name.split("-kimg")[0] for name in grids}
+    assert phases == {"004-stable", "008-fade", "008-stable", "016-fade", "016-stable"}
+    with Image.open(tiny_run / "samples" / "latest.png") as im:
+        # 15 rows (no finding + 14 labels) x 8 columns of 16 px tiles with 2 px gaps
+        assert im.size == (8 * 18 + 2, 15 * 18 + 2)
+        assert im.mode == "L"
+        assert np.asarray(im).std() > 1.0  # not a blank canvas
+
+
+def test_exported_generator_holds_no_discriminator(tiny_run: Path) -> None:
+    tensors = load_file(tiny_run / "generator" / "generator.safetensors")
+    config = json.loads((tiny_run / "generator" / "generator.json").read_text())
+    assert tensors and not any("from_rgb" in k or "mbstd" in k for k in tensors)
+    assert config["label_names"] == list(NIH_LABELS)
+    assert config["training"]["complete"] is True
+    ckpt = load_file(next((tiny_run / "checkpoints").glob("*.safetensors")))
+    assert any(k.startswith("D/") for k in ckpt)  # the checkpoint, which stays in house, does
+
+
+def test_checkpoint_then_resume_gives_identical_weights(tmp_path: Path, data_dir: Path) -> None:
+    cfg = load_config("tiny")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(cfg, RunOptions(straight, data_dir, limit_images=LIMIT, quiet=True, stop_kimg=0.112))
+    # the same run, stopped part-way through the 8 px fade-in and continued by a new process-level Trainer
+    train(cfg, RunOptions(resumed, data_dir, limit_images=LIMIT, quiet=True, stop_kimg=0.048))
+    first = json.loads((resumed / "checkpoints" / "latest.json").read_text())["checkpoint"]
+    assert json.loads((resumed / "checkpoints" / first).read_text())["images_shown"] == 48
+    train(cfg, RunOptions(resumed, data_dir, limit_images=LIMIT, quiet=True, stop_kimg=0.112))
+
+    def final(run: Path) -> tuple[dict, dict]:
+        meta_name = json.loads((run / "checkpoints" / "latest.json").read_text())["checkpoint"]
+        meta = json.loads((run / "checkpoints" / meta_name).read_text())
+        return meta, load_file(run / "checkpoints" / meta["weights"])
+
+    meta_a, weights_a = final(straight)
+    meta_b, weights_b = final(resumed)
+    assert meta_a["images_shown"] == meta_b["images_shown"] == 112
+    assert meta_a["step"] == meta_b["step"]
+    assert weights_a.keys() == weights_b.keys()
+    different = [k for k in weights_a if not torch.equal(weights_a[k], weights_b[k])]
+    assert different == [], f"weights differ after resume: {different[:5]}"
+
+
+def test_split_never_puts_a_patient_on_two_sides(data_dir: Path) -> None:
+    table = read_label_table(data_dir / "labels.csv", NIH_LABELS)
+    split = patient_split(table, (0.8, 0.1, 0.1), seed=0)
+    patient_of = dict(zip(table.filenames, table.patient_ids, strict=True))
+    sides = {name: {patient_of[f] for f in files} for name, files in split.items()}
+    assert (
+        not sides["train"] & sides["val"]
+        and not sides["train"] & sides["test"]
+        and not sides["val"] & sides["test"]
+    )
+    assert sum(len(f) for f in split.values()) == len(table.filenames) == 2246
+    fractions = [len(sides[s]) / len(set(table.patient_ids)) for s in ("train", "val", "test")]
+    assert fractions == pytest.approx([0.8, 0.1, 0.1], abs=0.04)
+    # deterministic: the same table gives the same split, whatever its row order
+    reordered = read_label_table(data_dir / "labels.csv", NIH_LABELS)
+    for field in ("filenames", "patient_ids"):
+        getattr(reordered, field).reverse()
+    reordered.labels = reordered.labels[::-1]
+    again = patient_split(reordered, (0.8, 0.1, 0.1), seed=0)
+    assert {k: sorted(v) for k, v in again.items()} == {k: sorted(v) for k, v in split.items()}
+
+
+def test_run_saves_its_split(tiny_run: Path) -> None:
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert len(split["train"]) > len(split["test"]) > 0
+    assert not set(split["train"]) & set(split["test"])
+
+
+def test_nih_data_entry_layout(tmp_path: Path, data_dir: Path) -> None:
+    """A folder in NIH's layout: `Data_Entry_2017_v2020.csv.gz`, images under `images_001/images/`."""
+    table = read_label_table(data_dir / "labels.csv", NIH_LABELS)
+    picks = [i for i, f in enumerate(table.filenames) if f.startswith("nih_")][:6]
+    (tmp_path / "images_001" / "images").mkdir(parents=True)
+    rows = []
+    for i in picks:
+        name = table.filenames[i].removeprefix("nih_")
+        shutil.copy(data_dir / "images" / table.filenames[i], tmp_path / "images_001" / "images" / name)
+        findings = (
+            "|".join(n.replace("_", " ") for n, v in zip(NIH_LABELS, table.labels[i], strict=True) if v)
+            or "No Finding"
+        )
+        rows.append(
+            {
+                "Image Index": name,
+                "Finding Labels": findings,
+                "Patient ID": table.patient_ids[i].removeprefix("nih_"),
+            }
+        )
+    with gzip.open(tmp_path / "Data_Entry_2017_v2020.csv.gz", "wt", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["Image Index", "Finding Labels", "Patient ID"])
+        writer.writeheader()
+        writer.writerows(rows)
+    data = RadiographSet(tmp_path, 32, NIH_LABELS, split="all")
+    assert len(data) == 6
+    assert data.images_at(16).shape == (6, 1, 16, 16)
+    by_name = {f: data.labels[k] for k, f in enumerate(data.filenames)}
+    for i in picks:
+        assert torch.equal(
+            by_name[table.filenames[i].removeprefix("nih_")], torch.from_numpy(table.labels[i])
+        )
+
+
+def test_images_are_scaled_to_minus_one_one_and_area_downsampled(data_dir: Path) -> None:
+    data = RadiographSet(data_dir, 64, NIH_LABELS, split="all", limit=4)
+    full = data.images_at(64)
+    assert full.min() >= -1.0 and full.max() <= 1.0
+    small = data.images_at(16)
+    assert torch.allclose(small, torch.nn.functional.avg_pool2d(full, 4), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"resolution": 48}, "power of two"),
+        (
+            {"stages": [{"resolution": 8, "channels": 4, "batch": 4, "fade_kimg": 0, "stable_kimg": 1}]},
+            "stages must cover",
+        ),
+        ({"split": [0.5, 0.5, 0.5]}, "sum to 1"),
+        ({"learning_rate": 0.1}, "unknown setting"),
+    ],
+)
+def test_bad_configs_are_refused_with_the_reason(change: dict, message: str) -> None:
+    raw = load_config("tiny").to_dict()
+    raw.update(change)
+    with pytest.raises(UserError, match=message):
+        config_from_dict(raw)
+
+
+def test_a_run_folder_refuses_another_config(tiny_run: Path, data_dir: Path) -> None:
+    with pytest.raises(UserError, match="holds a run of config 'tiny'"):
+        train(load_config("cxr64"), RunOptions(tiny_run, data_dir, limit_images=8, quiet=True))

@@ -1,0 +1,182 @@
+"""The `thorax` command. Each subcommand imports its side of the project only when it runs, so that
+`thorax --help` needs neither torch nor the web stack.
+
+    thorax train   --config cxr64 --data ../shared/data/cxr256 --run-dir runs/cxr64
+    thorax sample  [--model cxr64] --count 16 --label Cardiomegaly=1 --out thorax-samples
+    thorax configs
+
+A bad argument or a missing file prints one line, `thorax: error: ...`, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from thorax.errors import UserError
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cxr256"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        command = self.prog.split()[-1]
+        raise UserError(message if command == "thorax" else f"{command}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _label_value(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        return name, 1.0
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value after = must be a number in 0..1") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be in 0..1")
+    return name, number
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.train import RunOptions, TrainingDiverged, train
+
+    cfg = load_config(args.config)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
+    opts = RunOptions(
+        run_dir=run_dir,
+        data_dir=Path(args.data),
+        device=args.device,
+        bf16=args.bf16,
+        channels_last=args.channels_last,
+        stop_kimg=args.stop_kimg,
+        limit_images=args.limit_images,
+        log_every_s=args.log_every,
+    )
+    try:
+        train(cfg, opts)
+    except TrainingDiverged as exc:
+        print(f"thorax: training stopped: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from thorax.labels import canonical_label
+    from thorax.latents import latents_for
+    from thorax.store import resolve_model
+    from training.checkpoint import load_generator
+    from training.sample import to_uint8, write_pngs
+
+    model_dir = resolve_model(args.model)
+    G, config = load_generator(model_dir)
+    label_names = tuple(config["label_names"])
+    labels = np.zeros(len(label_names), dtype=np.float32)
+    for name, value in args.label:
+        try:
+            labels[label_names.index(canonical_label(name, label_names))] = value
+        except KeyError as exc:
+            raise UserError(f"--label: {exc.args[0]}") from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for start in range(0, args.count, args.batch):
+        indices = range(start, min(start + args.batch, args.count))
+        z = torch.from_numpy(latents_for(args.seed, indices, G.latent_dim))
+        cond = torch.from_numpy(np.tile(labels, (len(indices), 1)))
+        with torch.no_grad():
+            images = to_uint8(G(z, cond))
+        for index, name in zip(indices, write_pngs(images, out, start), strict=True):
+            rows.append(
+                {
+                    "file": name,
+                    "seed": args.seed,
+                    "index": index,
+                    "labels": dict(zip(label_names, labels.tolist(), strict=True)),
+                }
+            )
+    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"wrote {args.count} images of {config['resolution']} px from {model_dir} to {out}")
+    return 0
+
+
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from training.config import CONFIG_DIR, load_config
+
+    for path in sorted(CONFIG_DIR.glob("*.toml")):
+        cfg = load_config(str(path))
+        print(f"{path.stem:12s} {cfg.resolution:5d} px  {cfg.total_kimg:7g} kimg  {cfg.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="thorax", description="Synthetic chest radiographs without sharing patients.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train (or resume) a conditional PGGAN on real radiographs")
+    p.add_argument("--config", default="cxr64", help="config name in training/configs or a TOML path")
+    p.add_argument(
+        "--data", default=str(DEFAULT_DATA), help="folder with labels.csv (or Data_Entry_2017) and PNGs"
+    )
+    p.add_argument("--run-dir", help="run folder (default runs/<config>); resumes when it has a checkpoint")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--stop-kimg", type=float, help="stop with a checkpoint after this many kimg in total")
+    p.add_argument("--limit-images", type=_positive_int, help="train on the first N images only (trials)")
+    p.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="generate radiographs from a trained generator into PNG files")
+    p.add_argument(
+        "--model",
+        help="name[/version] in the model store, or a generator folder (default: the default model)",
+    )
+    p.add_argument("--count", type=_positive_int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--label",
+        type=_label_value,
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="a pathology to draw, e.g. Cardiomegaly or Effusion=0.5 (repeatable; others are 0)",
+    )
+    p.add_argument("--out", default="thorax-samples", help="output folder")
+    p.add_argument("--batch", type=_positive_int, default=32)
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("configs", help="list the training configs")
+    p.set_defaults(func=_cmd_configs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "seed", 0) < 0:
+            raise UserError("--seed must be >= 0")
+        return args.func(args)
+    except UserError as exc:
+        print(f"thorax: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

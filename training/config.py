@@ -1,0 +1,146 @@
+"""Training configurations, read from TOML files (`training/configs/*.toml` or any path).
+
+A config names the target resolution, the latent size, one entry per resolution stage (channels,
+batch size, kimg of fade-in and of stabilisation) and the loss and optimiser settings. Every field
+has the paper's default where the paper gives one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from thorax.errors import UserError
+from thorax.labels import NIH_LABELS
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    resolution: int  # side of the square images this stage generates
+    channels: int  # feature maps of the generator block and discriminator block at this resolution
+    batch: int  # images per step while this resolution is the newest one
+    fade_kimg: float  # thousands of real images shown while this resolution fades in (0 for 4x4)
+    stable_kimg: float  # thousands of real images shown after the fade-in
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    resolution: int
+    stages: tuple[StageConfig, ...]
+    latent_dim: int = 512
+    label_names: tuple[str, ...] = NIH_LABELS
+    description: str = ""
+    # Optimiser (the paper's PGGAN: Adam lr 1e-3, betas (0, 0.99)); state reset at each new resolution.
+    lr: float = 1e-3
+    beta1: float = 0.0
+    beta2: float = 0.99
+    reset_optimizer_each_stage: bool = True
+    # WGAN-GP with drift, plus the auxiliary classifier's per-label sigmoid cross-entropy.
+    gp_lambda: float = 10.0
+    gp_every: int = 1  # compute the penalty every k-th step (scaled by k); 1 = every step
+    drift: float = 0.001
+    label_weight: float = 1.0
+    mbstd_group: int = 4
+    # Exponential moving average of the generator's weights; the averaged generator is exported.
+    ema_beta: float = 0.999
+    ema_rampup: bool = True  # beta_k = min(ema_beta, (1 + k) / (10 + k)) at step k
+    # CPU speed-ups; the gradient penalty always runs in fp32.
+    bf16: bool = False
+    channels_last: bool = False
+    # Data.
+    seed: int = 0
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test, by patient
+    # Reporting.
+    sample_every_kimg: float = 10.0
+    checkpoint_every_kimg: float = 5.0
+    keep_checkpoints: int = 2
+
+    @property
+    def total_kimg(self) -> float:
+        return sum(s.fade_kimg + s.stable_kimg for s in self.stages)
+
+    def stage(self, resolution: int) -> StageConfig:
+        for s in self.stages:
+            if s.resolution == resolution:
+                return s
+        raise KeyError(resolution)
+
+    @property
+    def channels(self) -> dict[int, int]:
+        return {s.resolution: s.channels for s in self.stages}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _validate(cfg: TrainConfig, source: str) -> None:
+    def fail(msg: str) -> None:
+        raise UserError(f"config {source}: {msg}")
+
+    if cfg.resolution < 4 or 2 ** int(math.log2(cfg.resolution)) != cfg.resolution:
+        fail(f"resolution must be a power of two >= 4, got {cfg.resolution}")
+    expected = [4 * 2**k for k in range(int(math.log2(cfg.resolution)) - 1)]
+    got = [s.resolution for s in cfg.stages]
+    if got != expected:
+        fail(f"stages must cover resolutions {expected} in order, got {got}")
+    if cfg.stages[0].fade_kimg != 0:
+        fail("the 4x4 stage has nothing to fade in from: set its fade_kimg to 0")
+    for s in cfg.stages:
+        if s.channels < 1 or s.batch < 1 or s.fade_kimg < 0 or s.stable_kimg < 0:
+            fail(f"stage {s.resolution}: channels and batch must be >= 1 and kimg >= 0")
+        if s.batch % min(cfg.mbstd_group, s.batch) != 0:
+            fail(f"stage {s.resolution}: batch {s.batch} is not a multiple of mbstd_group {cfg.mbstd_group}")
+    if cfg.latent_dim < 1:
+        fail("latent_dim must be >= 1")
+    if abs(sum(cfg.split) - 1.0) > 1e-6 or min(cfg.split) < 0:
+        fail(f"split fractions must be >= 0 and sum to 1, got {cfg.split}")
+    if cfg.gp_every < 1:
+        fail("gp_every must be >= 1")
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> TrainConfig:
+    """Build and validate a config from the parsed TOML table ``raw``."""
+    raw = dict(raw)
+    try:
+        stages = tuple(StageConfig(**s) for s in raw.pop("stages"))
+    except KeyError:
+        raise UserError(f"config {source}: no [[stages]] entries") from None
+    except TypeError as exc:
+        raise UserError(f"config {source}: bad [[stages]] entry: {exc}") from None
+    for key in ("label_names", "split"):
+        if key in raw:
+            raw[key] = tuple(raw[key])
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"config {source}: unknown setting(s) {', '.join(unknown)}")
+    try:
+        cfg = TrainConfig(stages=stages, **raw)
+    except TypeError as exc:
+        raise UserError(f"config {source}: {exc}") from None
+    _validate(cfg, source)
+    return cfg
+
+
+def load_config(name_or_path: str) -> TrainConfig:
+    """Load a config by name (``cxr64`` finds ``training/configs/cxr64.toml``) or by file path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+        raise UserError(f"no config {name_or_path!r} (a file path, or one of: {names})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config {path}: not valid TOML: {exc}") from None
+    return config_from_dict(raw, str(path))
+
+
+__all__ = ["StageConfig", "TrainConfig", "config_from_dict", "load_config", "CONFIG_DIR"]

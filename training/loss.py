@@ -1,0 +1,58 @@
+"""WGAN-GP with drift (Gulrajani et al. 2017; Karras et al. 2018) plus the auxiliary classifier's
+per-label sigmoid cross-entropy, as in the paper's conditional PGGAN."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from training.networks import Discriminator
+
+
+def label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean per-label sigmoid cross-entropy; labels are continuous targets in 0..1."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def gradient_penalty(
+    D: Discriminator,
+    reals: torch.Tensor,
+    fakes: torch.Tensor,
+    level: int,
+    alpha: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """(||grad D(x_hat)|| - 1)^2 at random points between reals and fakes, always in fp32."""
+    eps = torch.rand(reals.shape[0], 1, 1, 1, generator=generator, device=reals.device)
+    mixed = torch.lerp(reals.float(), fakes.float(), eps).requires_grad_(True)  # [N, 1, R, R]
+    with torch.autocast(device_type=reals.device.type, enabled=False):
+        score, _ = D(mixed, level, alpha)
+    (grad,) = torch.autograd.grad(score.sum(), mixed, create_graph=True)
+    norm = grad.flatten(1).norm(dim=1)  # [N]
+    return (norm - 1.0).square().mean()
+
+
+def discriminator_loss(
+    real_score: torch.Tensor,
+    fake_score: torch.Tensor,
+    real_logits: torch.Tensor,
+    fake_logits: torch.Tensor,
+    real_labels: torch.Tensor,
+    fake_labels: torch.Tensor,
+    drift: float,
+    label_weight: float,
+) -> dict[str, torch.Tensor]:
+    """The critic's loss without the penalty: Wasserstein estimate, drift, label loss on both sides."""
+    wasserstein = fake_score.float().mean() - real_score.float().mean()
+    drift_term = real_score.float().square().mean()
+    labels = label_loss(real_logits, real_labels) + label_loss(fake_logits, fake_labels)
+    total = wasserstein + drift * drift_term + label_weight * labels
+    return {"total": total, "wasserstein": wasserstein, "label": labels}
+
+
+def generator_loss(
+    fake_score: torch.Tensor, fake_logits: torch.Tensor, fake_labels: torch.Tensor, label_weight: float
+) -> dict[str, torch.Tensor]:
+    labels = label_loss(fake_logits, fake_labels)
+    total = -fake_score.float().mean() + label_weight * labels
+    return {"total": total, "label": labels}

@@ -1,0 +1,239 @@
+"""The conditional progressive-growing GAN: generator and discriminator (Karras et al. 2018, as
+conditioned by Han et al. 2020).
+
+Both networks hold the layers of every resolution from the start; `level` says how many of them
+are in use (level 1 = 4x4, level k = 4 * 2**(k-1) px) and `alpha` in 0..1 fades the newest one in.
+All layers use the equalized learning rate: weights are drawn from N(0, 1) and scaled at run time
+by He's constant, so that Adam updates every layer at the same speed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LRELU_SLOPE = 0.2
+
+
+def level_of(resolution: int) -> int:
+    """Level of a resolution: 4 -> 1, 8 -> 2, ..., 64 -> 5."""
+    return int(math.log2(resolution)) - 1
+
+
+def resolution_of(level: int) -> int:
+    return 4 * 2 ** (level - 1)
+
+
+class EqualizedLinear(nn.Module):
+    """A dense layer with the equalized learning rate.
+
+    Args:
+        in_features:  input width.
+        out_features: output width.
+        gain:         He gain; sqrt(2) before a leaky ReLU, 1 before a linear output.
+    """
+
+    def __init__(self, in_features: int, out_features: int, gain: float = math.sqrt(2)) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+class EqualizedConv2d(nn.Module):
+    """A same-padded convolution with the equalized learning rate.
+
+    Args:
+        in_channels:  input feature maps.
+        out_channels: output feature maps.
+        kernel_size:  square kernel side (1 or 3 here).
+        gain:         He gain; sqrt(2) before a leaky ReLU, 1 for toRGB.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, gain: float = math.sqrt(2)
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.scale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.padding = kernel_size // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise each pixel's feature vector to unit mean square (over dim 1)."""
+    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
+
+
+def lrelu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, LRELU_SLOPE)
+
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def downsample2(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, 2)
+
+
+class GeneratorBlock(nn.Module):
+    """Doubles the resolution: nearest upsampling, then two 3x3 convolutions with pixel norm."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv0 = EqualizedConv2d(in_channels, out_channels, 3)
+        self.conv1 = EqualizedConv2d(out_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = upsample2(x)  # [N, Cin, 2H, 2W]
+        x = pixel_norm(lrelu(self.conv0(x)))  # [N, Cout, 2H, 2W]
+        return pixel_norm(lrelu(self.conv1(x)))
+
+
+class Generator(nn.Module):
+    """Conditional PGGAN generator: (latent, labels) -> one-channel image in about [-1, 1].
+
+    Args:
+        resolution: final image side (a power of two >= 4).
+        latent_dim: size of the Gaussian latent (512 in the paper).
+        num_labels: size of the label vector (14 NIH labels), each continuous in 0..1.
+        channels:   feature maps per resolution, e.g. {4: 128, 8: 128, 16: 128, 32: 64, 64: 32}.
+    """
+
+    def __init__(self, resolution: int, latent_dim: int, num_labels: int, channels: dict[int, int]) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.latent_dim = latent_dim
+        self.num_labels = num_labels
+        self.max_level = level_of(resolution)
+        c4 = channels[4]
+        # 4x4: dense from the normalised (latent, labels) vector to a 4x4 map, then one 3x3 conv.
+        self.dense = EqualizedLinear(latent_dim + num_labels, c4 * 16, gain=math.sqrt(2) / 4)
+        self.conv4 = EqualizedConv2d(c4, c4, 3)
+        self.blocks = nn.ModuleDict()
+        self.to_rgb = nn.ModuleDict({"4": EqualizedConv2d(c4, 1, 1, gain=1.0)})
+        for level in range(2, self.max_level + 1):
+            res = resolution_of(level)
+            self.blocks[str(res)] = GeneratorBlock(channels[res // 2], channels[res])
+            self.to_rgb[str(res)] = EqualizedConv2d(channels[res], 1, 1, gain=1.0)
+
+    def forward(
+        self, z: torch.Tensor, labels: torch.Tensor, level: int | None = None, alpha: float = 1.0
+    ) -> torch.Tensor:
+        """z: [N, latent_dim], labels: [N, num_labels] -> images [N, 1, R, R] with R = 4 * 2**(level-1)."""
+        level = self.max_level if level is None else level
+        assert z.shape[1] == self.latent_dim and labels.shape[1] == self.num_labels, (z.shape, labels.shape)
+        x = pixel_norm(torch.cat([z, labels.to(z.dtype)], dim=1))  # [N, latent + labels]
+        x = self.dense(x).view(x.shape[0], -1, 4, 4)  # [N, C4, 4, 4]
+        x = pixel_norm(lrelu(x))
+        x = pixel_norm(lrelu(self.conv4(x)))  # [N, C4, 4, 4]
+        previous = x
+        for lv in range(2, level + 1):
+            previous = x
+            x = self.blocks[str(resolution_of(lv))](x)  # [N, C_res, res, res]
+        out = self.to_rgb[str(resolution_of(level))](x)  # [N, 1, R, R]
+        if level > 1 and alpha < 1.0:
+            skip = upsample2(self.to_rgb[str(resolution_of(level - 1))](previous))  # [N, 1, R, R]
+            out = torch.lerp(skip, out, alpha)
+        return out
+
+
+class MinibatchStd(nn.Module):
+    """Appends the mean standard deviation over groups of images as one extra feature map.
+
+    Args:
+        group_size: images per group (4 in PGGAN); the batch must be a multiple of it, or smaller.
+    """
+
+    def __init__(self, group_size: int = 4) -> None:
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        assert n % g == 0, f"batch {n} is not a multiple of the minibatch-std group {g}"
+        y = x.float().view(g, -1, c, h, w)  # [G, M, C, H, W]
+        y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt()  # [M, C, H, W]
+        y = y.mean(dim=(1, 2, 3)).to(x.dtype)  # [M]
+        y = y.view(-1, 1, 1, 1).repeat(g, 1, h, w)  # [N, 1, H, W]
+        return torch.cat([x, y], dim=1)
+
+
+class DiscriminatorBlock(nn.Module):
+    """Halves the resolution: two 3x3 convolutions, then 2x2 average pooling."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv0 = EqualizedConv2d(in_channels, in_channels, 3)
+        self.conv1 = EqualizedConv2d(in_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = lrelu(self.conv0(x))  # [N, Cin, H, W]
+        x = lrelu(self.conv1(x))  # [N, Cout, H, W]
+        return downsample2(x)  # [N, Cout, H/2, W/2]
+
+
+class Discriminator(nn.Module):
+    """Conditional PGGAN discriminator (critic) with an auxiliary label classifier.
+
+    Returns the Wasserstein critic score [N] and one logit per label [N, num_labels]; the logits are
+    trained with a per-label sigmoid cross-entropy on real images and on the generator's fakes.
+
+    Args:
+        resolution:  final image side.
+        num_labels:  size of the label vector.
+        channels:    feature maps per resolution (mirrors the generator).
+        mbstd_group: group size of the minibatch standard deviation.
+    """
+
+    def __init__(
+        self, resolution: int, num_labels: int, channels: dict[int, int], mbstd_group: int = 4
+    ) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.num_labels = num_labels
+        self.max_level = level_of(resolution)
+        c4 = channels[4]
+        self.from_rgb = nn.ModuleDict()
+        self.blocks = nn.ModuleDict()
+        for level in range(1, self.max_level + 1):
+            res = resolution_of(level)
+            self.from_rgb[str(res)] = EqualizedConv2d(1, channels[res], 1)
+            if level > 1:
+                self.blocks[str(res)] = DiscriminatorBlock(channels[res], channels[res // 2])
+        self.mbstd = MinibatchStd(mbstd_group)
+        self.conv4 = EqualizedConv2d(c4 + 1, c4, 3)
+        self.dense = EqualizedLinear(c4 * 16, c4)
+        self.out = EqualizedLinear(c4, 1 + num_labels, gain=1.0)
+
+    def forward(
+        self, images: torch.Tensor, level: int | None = None, alpha: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """images: [N, 1, R, R] -> (score [N], label_logits [N, num_labels])."""
+        level = self.max_level if level is None else level
+        res = resolution_of(level)
+        assert images.shape[-1] == res, f"level {level} expects {res} px, got {images.shape[-1]}"
+        x = lrelu(self.from_rgb[str(res)](images))  # [N, C_res, R, R]
+        if level > 1:
+            x = self.blocks[str(res)](x)  # [N, C_res/2, R/2, R/2]
+            if alpha < 1.0:
+                skip = lrelu(self.from_rgb[str(res // 2)](downsample2(images)))  # [N, C_res/2, R/2, R/2]
+                x = torch.lerp(skip, x, alpha)
+        for lv in range(level - 1, 1, -1):
+            x = self.blocks[str(resolution_of(lv))](x)
+        x = self.mbstd(x)  # [N, C4 + 1, 4, 4]
+        x = lrelu(self.conv4(x))  # [N, C4, 4, 4]
+        x = lrelu(self.dense(x.flatten(1)))  # [N, C4]
+        out = self.out(x)  # [N, 1 + L]
+        return out[:, 0], out[:, 1:]
