@@ -3,6 +3,8 @@
 
     thorax train   --config cxr64 --data ../shared/data/cxr256 --run-dir runs/cxr64
     thorax sample  [--model cxr64] --count 16 --label Cardiomegaly=1 --out thorax-samples
+    thorax export  runs/cxr64 --name cxr64 --version 1 [--default]
+    thorax models  list | show NAME[/VERSION] | verify [NAME[/VERSION]]
     thorax configs
 
 A bad argument or a missing file prints one line, `thorax: error: ...`, and exits with code 2.
@@ -80,11 +82,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from thorax.labels import canonical_label
     from thorax.latents import latents_for
-    from thorax.store import resolve_model
     from training.checkpoint import load_generator
     from training.sample import to_uint8, write_pngs
 
-    model_dir = resolve_model(args.model)
+    model_dir = _model_folder(args.model)
     G, config = load_generator(model_dir)
     label_names = tuple(config["label_names"])
     labels = np.zeros(len(label_names), dtype=np.float32)
@@ -113,6 +114,68 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             )
     (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {args.count} images of {config['resolution']} px from {model_dir} to {out}")
+    return 0
+
+
+def _model_folder(ref: str | None) -> Path:
+    """A verified model of the store, or (for trying out a run) a folder with a generator in it."""
+    from thorax.store import open_model
+
+    if ref and (Path(ref) / "generator.json").is_file():
+        return Path(ref)
+    return open_model(ref).path
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_model
+
+    model = export_model(
+        Path(args.source),
+        args.name,
+        args.version,
+        store=Path(args.store) if args.store else None,
+        make_default=args.default,
+        batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay,
+        force=args.force,
+    )
+    card = model.card()
+    print(
+        f"exported {model.ref} to {model.path}: {card['architecture']['resolution']} px, "
+        f"{card['architecture']['kimg']:g} kimg, {len(card['files'])} files verified"
+        + (" (now the default)" if args.default else "")
+    )
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from thorax.store import default_ref, find_model, list_models, open_model, verify
+
+    if args.action == "list":
+        try:
+            default = default_ref()
+        except UserError:
+            default = None
+        for model in list_models():
+            card = model.card()
+            mark = "*" if model.ref == default else " "
+            arch = card["architecture"]
+            print(f"{mark} {model.ref:20s} {arch['resolution']:5d} px  {arch['kimg']:7g} kimg  "
+                  f"{len(card['labels']['names'])} labels  created {card['created']}")  # fmt: skip
+        return 0
+    if args.action == "show":
+        from thoraxclient.model_card import ModelCard
+
+        model = open_model(args.ref)
+        card = ModelCard.model_validate(model.card())
+        print(json.dumps(card.model_dump(mode="json"), indent=1))
+        return 0
+    models = [find_model(args.ref)] if args.ref else list_models()
+    for model in models:
+        verify(model)
+        print(f"ok  {model.ref}")
     return 0
 
 
@@ -162,6 +225,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=32)
     p.set_defaults(func=_cmd_sample)
 
+    p = sub.add_parser(
+        "export", help="export a run's generator to ONNX, a TorchServe archive and a model card"
+    )
+    p.add_argument("source", help="a run folder (its latest checkpoint) or a checkpoint's .json")
+    p.add_argument("--name", required=True, help="model name in the store, e.g. cxr64")
+    p.add_argument("--version", required=True, help="version, e.g. 1")
+    p.add_argument("--store", help="model store folder (default: the repository's model_store/)")
+    p.add_argument("--default", action="store_true", help="make this the store's default model")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="TorchServe batch size")
+    p.add_argument("--max-batch-delay", type=_positive_int, default=20, help="TorchServe batch delay, ms")
+    p.add_argument("--force", action="store_true", help="replace an existing version")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("models", help="list, show or verify the models in the store")
+    p.add_argument("action", choices=["list", "show", "verify"])
+    p.add_argument(
+        "ref", nargs="?", help="NAME or NAME/VERSION (default: the default model for show, all for verify)"
+    )
+    p.set_defaults(func=_cmd_models)
+
     p = sub.add_parser("configs", help="list the training configs")
     p.set_defaults(func=_cmd_configs)
     return parser
@@ -176,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"thorax: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `thorax models show | head`
+        return 0
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ class EqualizedLinear(nn.Module):
         self.scale = gain / math.sqrt(in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.scale, self.bias)
+        weight = self.weight if self.scale == 1.0 else self.weight * self.scale  # 1.0 once folded
+        return F.linear(x, weight, self.bias)
 
 
 class EqualizedConv2d(nn.Module):
@@ -66,7 +67,22 @@ class EqualizedConv2d(nn.Module):
         self.padding = kernel_size // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+        weight = self.weight if self.scale == 1.0 else self.weight * self.scale  # 1.0 once folded
+        return F.conv2d(x, weight, self.bias, padding=self.padding)
+
+
+@torch.no_grad()
+def fold_equalized_lr(net: nn.Module) -> nn.Module:
+    """Multiply each equalized layer's run-time scale into its weight (in place) and set it to 1.
+
+    The outputs stay the same (up to float rounding); an exported graph then holds the weights
+    under their parameter names instead of anonymous folded constants.
+    """
+    for layer in net.modules():
+        if isinstance(layer, EqualizedLinear | EqualizedConv2d) and layer.scale != 1.0:
+            layer.weight.mul_(layer.scale)
+            layer.scale = 1.0
+    return net
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -1,0 +1,119 @@
+"""The model card: what a generator is, what it learned from, and how to sample label vectors for it.
+
+`model_card.json` in every `model_store/<name>/<version>/` validates against `ModelCard`. The gateway
+serves it (`GET /v1/models/{name}`) and this SDK reads it: it is part of the wire format.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CARD_SCHEMA_VERSION = "1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Labels(_Strict):
+    names: list[str] = Field(min_length=1, description="label names in the order of the model's label input")
+    encoding: str = Field(description="how a label is encoded, e.g. continuous 0..1, all zeros = no finding")
+
+
+class StageSummary(_Strict):
+    resolution: int
+    channels: int
+    batch: int
+    fade_kimg: float
+    stable_kimg: float
+
+
+class Architecture(_Strict):
+    family: str  # "conditional progressive-growing GAN (PGGAN), generator only"
+    resolution: int
+    latent_dim: int
+    parameters: int
+    channels: dict[str, int]
+    stages: list[StageSummary]
+    kimg: float = Field(description="thousands of real images shown to the discriminator")
+    total_kimg: float
+    complete: bool = Field(description="whether the run reached the end of its schedule")
+    loss: str
+    ema_beta: float
+    precision: str
+
+
+class DataSource(_Strict):
+    name: str
+    images: int
+    licence: str
+    attribution: str
+
+
+class TrainingData(_Strict):
+    description: str
+    sources: list[DataSource]
+    images_total: int
+    train_images: int
+    train_patients: int
+    split: str
+    label_counts: dict[str, int] = Field(description="positive training images per label")
+    no_finding_images: int
+    caveats: list[str]
+
+
+class LabelPrior(_Strict):
+    """The training set's label distribution, so that realistic label vectors can be sampled."""
+
+    frequency: dict[str, float] = Field(description="fraction of training images positive for each label")
+    cooccurrence: list[list[float]] = Field(
+        description="fraction of training images positive for both labels i and j (diagonal = frequency)"
+    )
+    patterns: list[dict] = Field(
+        description="each distinct label combination of the training set, as {labels: [...], count: n}"
+    )
+
+
+class Onnx(_Strict):
+    file: str
+    opset: int
+    inputs: dict[str, list]
+    outputs: dict[str, list]
+
+
+class ModelCard(_Strict):
+    schema_version: str = CARD_SCHEMA_VERSION
+    name: str
+    version: str
+    created: datetime
+    git_commit: str
+    software: dict[str, str]
+    architecture: Architecture
+    labels: Labels
+    training_data: TrainingData
+    label_prior: LabelPrior
+    onnx: Onnx
+    files: dict[str, str] = Field(description="role -> file name in the model folder")
+    intended_use: str
+    not_for: list[str]
+    privacy: str
+    limitations: list[str]
+    evaluation: dict | None = Field(default=None, description="filled by `thorax evaluate`")
+
+    @model_validator(mode="after")
+    def _labels_agree(self) -> ModelCard:
+        names = self.labels.names
+        if len(set(names)) != len(names):
+            raise ValueError("label names must be unique")
+        for what, keys in (
+            ("label_prior.frequency", self.label_prior.frequency),
+            ("training_data.label_counts", self.training_data.label_counts),
+        ):
+            if list(keys) != names:
+                raise ValueError(f"{what} must name the labels in the model's order")
+        matrix = self.label_prior.cooccurrence
+        if len(matrix) != len(names) or any(len(row) != len(names) for row in matrix):
+            raise ValueError("label_prior.cooccurrence must be a square matrix over the labels")
+        return self

@@ -1,0 +1,235 @@
+"""`thorax export` and the model store: ONNX parity, TorchServe parity (real TorchServe), the privacy
+boundary, the model card, and a store that refuses tampered models and pickles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from thoraxclient.model_card import ModelCard
+
+from tests.conftest import REPO
+from tests.servers import torchserve
+from thorax.labels import NIH_LABELS
+from thorax.latents import latents_for
+from thorax.store import StoreError, find_model, list_models, open_model, write_sums
+from training.checkpoint import load_generator
+from training.config import load_config
+from training.export import ExportError, export_model, onnx_parity
+from training.serve_handler import GeneratorHandler
+from training.train import RunOptions, train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_dir: Path) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    train(load_config("tiny"), RunOptions(run, data_dir, limit_images=64, quiet=True))
+    return run
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, run_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    export_model(run_dir, "tiny", "1", store=root, make_default=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(store: Path):
+    return open_model(None, store)
+
+
+def onnx_uint8(model, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model.file("onnx")), providers=["CPUExecutionProvider"])
+    (images,) = session.run(["images"], {"z": z, "labels": labels})
+    return np.round((images[:, 0] + 1.0) * 127.5).astype(np.uint8)
+
+
+def test_store_layout_and_default(store: Path, model) -> None:
+    assert (store / "default").read_text().strip() == "tiny/1"
+    assert model.ref == "tiny/1"
+    names = {p.name for p in model.path.iterdir()}
+    assert names == {
+        "generator.onnx", "generator.safetensors", "generator.json", "tiny.mar", "model-config.yaml",
+        "model_card.json", "model_card.md", "samples.png", "SHA256SUMS",
+    }  # fmt: skip
+
+
+def test_onnx_matches_pytorch_at_batch_1_and_16(model) -> None:
+    G, _ = load_generator(model.path)
+    assert onnx_parity(G, model.file("onnx"), batches=(1, 16)) <= 1e-4
+
+
+def test_onnx_signature_is_pinned_with_a_dynamic_batch(model) -> None:
+    proto = onnx.load(str(model.file("onnx")))
+    onnx.checker.check_model(proto)
+    assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) == 18
+
+    def dims(value_info) -> list:
+        return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+    inputs = {i.name: dims(i) for i in proto.graph.input}
+    assert inputs == {"z": ["batch", 16], "labels": ["batch", 14]}
+    assert [(o.name, dims(o)[1:]) for o in proto.graph.output] == [("images", [1, 16, 16])]
+    session = ort.InferenceSession(str(model.file("onnx")), providers=["CPUExecutionProvider"])
+    for n in (1, 3, 33):
+        (out,) = session.run(
+            None, {"z": latents_for(0, range(n), 16), "labels": np.zeros((n, 14), np.float32)}
+        )
+        assert out.shape == (n, 1, 16, 16) and out.min() >= -1.0 and out.max() <= 1.0
+
+
+def test_export_holds_the_generator_and_nothing_else(model) -> None:
+    G, _ = load_generator(model.path)
+    params = {f"G.{k}": v for k, v in G.state_dict().items()}
+    proto = onnx.load(str(model.file("onnx")))
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    named = {k for k in weights if k.startswith("G.")}
+    # every parameter the 16 px output uses is there, under its own name; the lower-resolution
+    # toRGB layers are unused at full resolution and rightly absent
+    used = {k for k in params if not k.startswith(("G.to_rgb.4.", "G.to_rgb.8."))}
+    assert named == used, sorted(named ^ used)
+    others = {k: v.size for k, v in weights.items() if k not in named}
+    assert all(size <= 4 for size in others.values()), others  # only shape and scalar constants
+    assert sum(v.size for k, v in weights.items() if k in named) == sum(params[k].numel() for k in used)
+    for key in ("G.blocks.16.conv1.bias", "G.dense.bias"):
+        assert np.array_equal(weights[key], params[key].numpy())
+    with zipfile.ZipFile(model.file("mar")) as mar:
+        members = set(mar.namelist())
+    assert {"generator.safetensors", "networks.py", "serve_handler.py", "model-config.yaml"} <= members
+    assert not any(m.endswith((".pt", ".pth", ".pkl", ".bin")) for m in members)
+    from safetensors.torch import load_file
+
+    tensors = load_file(model.file("weights"))
+    assert set(tensors) == set(G.state_dict()) and not any("from_rgb" in k for k in tensors)
+
+
+def test_card_validates_and_names_the_14_labels_in_order(model, run_dir: Path) -> None:
+    card = ModelCard.model_validate(model.card())
+    assert card.labels.names == list(NIH_LABELS)
+    assert card.architecture.complete and card.architecture.kimg == pytest.approx(0.16, abs=0.01)
+    split = json.loads((run_dir / "split.json").read_text())
+    assert card.training_data.train_images == len(split["train"])
+    n = card.training_data.train_images
+    for name in NIH_LABELS:
+        assert card.label_prior.frequency[name] == pytest.approx(
+            card.training_data.label_counts[name] / n, abs=1e-6
+        )
+    i, j = NIH_LABELS.index("Cardiomegaly"), NIH_LABELS.index("Effusion")
+    assert card.label_prior.cooccurrence[i][i] == pytest.approx(
+        card.label_prior.frequency["Cardiomegaly"], abs=1e-6
+    )
+    assert card.label_prior.cooccurrence[i][j] == card.label_prior.cooccurrence[j][i]
+    assert sum(p["count"] for p in card.label_prior.patterns) == n
+    assert "NIH Clinical Center" in " ".join(s.attribution for s in card.training_data.sources)
+    assert "not for diagnosis" not in card.intended_use and any("diagnosis" in x for x in card.not_for)
+    md = model.file("card_markdown").read_text()
+    assert "Privacy" in md and "Cardiomegaly" in md
+    bad = model.card()
+    bad["label_prior"]["frequency"] = dict(reversed(list(bad["label_prior"]["frequency"].items())))
+    with pytest.raises(ValueError, match="model's order"):
+        ModelCard.model_validate(bad)
+
+
+def test_handler_without_java_matches_onnx(model, tmp_path: Path) -> None:
+    with zipfile.ZipFile(model.file("mar")) as mar:
+        mar.extractall(tmp_path)
+    handler = GeneratorHandler()
+    handler.load(tmp_path)
+    labels = np.random.default_rng(0).random((5, 14), dtype=np.float32)
+    answers = handler.handle(
+        [{"body": {"seed": 9, "indices": [0, 1, 2], "labels": labels[:3].tolist()}},
+         {"body": json.dumps({"z": latents_for(9, [3, 4], 16).tolist(), "labels": labels[3:].tolist()})}],
+        None,
+    )  # fmt: skip
+    got = np.concatenate([np.frombuffer(a, np.uint8).reshape(-1, 16, 16) for a in answers])
+    want = onnx_uint8(model, latents_for(9, range(5), 16), labels)
+    assert got.shape == (5, 16, 16)
+    assert int(np.abs(got.astype(int) - want.astype(int)).max()) <= 1
+    with pytest.raises(ValueError, match="labels must be finite and within 0..1"):
+        handler.parse({"seed": 1, "indices": [0], "labels": [2.0] * 14})
+
+
+@pytest.mark.slow
+def test_real_torchserve_matches_onnx_within_one_grey_level(model, tmp_path: Path) -> None:
+    labels = np.zeros((6, 14), np.float32)
+    labels[:, 1] = np.linspace(0, 1, 6)
+    with torchserve(model.file("mar"), tmp_path) as url:
+        body = json.dumps({"seed": 5, "indices": list(range(6)), "labels": labels.tolist()}).encode()
+        request = urllib.request.Request(
+            f"{url}/predictions/tiny", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            shape = tuple(int(x) for x in resp.headers["X-Thorax-Shape"].split(","))
+            assert resp.headers["Content-Type"] == "application/octet-stream"
+            got = np.frombuffer(resp.read(), np.uint8).reshape(shape)
+    want = onnx_uint8(model, latents_for(5, range(6), 16), labels)
+    assert shape == (6, 16, 16)
+    assert int(np.abs(got.astype(int) - want.astype(int)).max()) <= 1
+
+
+def _copy(model, tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    shutil.copytree(model.path, root / "tiny" / "1")
+    return root
+
+
+def test_a_tampered_file_is_refused(model, tmp_path: Path) -> None:
+    root = _copy(model, tmp_path)
+    onnx_path = root / "tiny" / "1" / "generator.onnx"
+    data = bytearray(onnx_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="generator.onnx does not match its checksum"):
+        open_model("tiny/1", root)
+    assert find_model("tiny", root).ref == "tiny/1"  # finding is fine; loading is what is refused
+
+
+def test_unlisted_files_and_pickles_are_refused(model, tmp_path: Path) -> None:
+    root = _copy(model, tmp_path)
+    folder = root / "tiny" / "1"
+    (folder / "extra.txt").write_text("not in SHA256SUMS")
+    with pytest.raises(StoreError, match="not in SHA256SUMS: extra.txt"):
+        open_model("tiny/1", root)
+    (folder / "extra.txt").unlink()
+    torch.save({"w": torch.zeros(2)}, folder / "weights.pt")  # a pickle, even if its checksum is listed
+    write_sums(folder)
+    with pytest.raises(StoreError, match="pickle"):
+        open_model("tiny/1", root)
+
+
+def test_export_refuses_to_overwrite_and_leaves_nothing_on_failure(
+    run_dir: Path, store: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ExportError, match="exists"):
+        export_model(run_dir, "tiny", "1", store=store)
+    with pytest.raises(ExportError, match="run folder"):
+        export_model(tmp_path / "nothing-here", "other", "1", store=store)
+    assert [m.ref for m in list_models(store)] == ["tiny/1"]
+    assert not [p for p in (store / "tiny").iterdir() if p.name.startswith(".")]
+
+
+def test_models_commands(store: Path) -> None:
+    env = {"THORAX_MODEL_STORE": str(store), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+
+    def thorax(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "thorax.cli", *args], capture_output=True, text=True,
+                              cwd=REPO, env=env, timeout=120)  # fmt: skip
+
+    listed = thorax("models", "list")
+    assert listed.returncode == 0 and listed.stdout.startswith("* tiny/1")
+    shown = thorax("models", "show", "tiny")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["labels"]["names"] == list(NIH_LABELS)
+    assert thorax("models", "verify").stdout.strip() == "ok  tiny/1"
+    missing = thorax("models", "show", "nope")
+    assert missing.returncode == 2 and "no model 'nope'" in missing.stderr
