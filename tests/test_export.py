@@ -24,24 +24,18 @@ from thorax.labels import NIH_LABELS
 from thorax.latents import latents_for
 from thorax.store import StoreError, find_model, list_models, open_model, write_sums
 from training.checkpoint import load_generator
-from training.config import load_config
 from training.export import ExportError, export_model, onnx_parity
 from training.serve_handler import GeneratorHandler
-from training.train import RunOptions, train
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir: Path) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    train(load_config("tiny"), RunOptions(run, data_dir, limit_images=64, quiet=True))
-    return run
+def run_dir(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, run_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("store")
-    export_model(run_dir, "tiny", "1", store=root, make_default=True)
-    return root
+def store(tiny_store: Path) -> Path:
+    return tiny_store
 
 
 @pytest.fixture(scope="module")
