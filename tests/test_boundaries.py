@@ -47,9 +47,18 @@ def test_no_forbidden_imports_in_source(package: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "package, only_file",
+    [("minio", "service/storage/s3.py"), ("onnxruntime", "service/backends/onnx.py")],
+)
+def test_one_place_in_the_service_imports_each_heavy_client(package: str, only_file: str) -> None:
+    assert imported_top_level_names(PACKAGES["service"]).get(package) == {only_file}
+
+
+@pytest.mark.parametrize(
     "module, must_not_load",
     [
         ("service", ["torch", "training"]),
+        ("service.app", ["torch", "training", "safetensors"]),
         ("thoraxclient", ["torch", "training", "service"]),
         ("thorax.cli", ["torch", "training", "service"]),
         ("training.data", ["service"]),

@@ -179,3 +179,15 @@ def test_bad_configs_are_refused_with_the_reason(change: dict, message: str) -> 
 def test_a_run_folder_refuses_another_config(tiny_run: Path, data_dir: Path) -> None:
     with pytest.raises(UserError, match="holds a run of config 'tiny'"):
         train(load_config("cxr64"), RunOptions(tiny_run, data_dir, limit_images=8, quiet=True))
+
+
+def test_bf16_autocast_run_keeps_the_penalty_finite(tmp_path: Path, data_dir: Path) -> None:
+    train(
+        load_config("tiny"),
+        RunOptions(tmp_path, data_dir, limit_images=LIMIT, quiet=True, bf16=True, log_every_s=0),
+    )
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert records and all(math.isfinite(r["gp"]) and math.isfinite(r["loss_D"]) for r in records)
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())  # and it checkpointed
+    meta = json.loads((tmp_path / "generator" / "generator.json").read_text())
+    assert meta["training"]["complete"] is True

@@ -6,6 +6,7 @@
     thorax export  runs/cxr64 --name cxr64 --version 1 [--default]
     thorax models  list | show NAME[/VERSION] | verify [NAME[/VERSION]]
     thorax configs
+    thorax serve   [--host 127.0.0.1] [--port 8000]      the gateway; settings from THORAX_ variables
 
 A bad argument or a missing file prints one line, `thorax: error: ...`, and exits with code 2.
 """
@@ -188,6 +189,29 @@ def _cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        field = "THORAX_" + "_".join(str(p) for p in problem["loc"]).upper()
+        raise UserError(f"{field}: {problem['msg']}") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from thorax.store import open_model
+
+    open_model(settings.default_model)  # a missing or damaged default model is a one-line error here
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="thorax", description="Synthetic chest radiographs without sharing patients.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -247,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("configs", help="list the training configs")
     p.set_defaults(func=_cmd_configs)
+
+    p = sub.add_parser("serve", help="run the gateway (POST /generate -> shards in a folder or S3)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

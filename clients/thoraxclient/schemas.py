@@ -1,0 +1,172 @@
+"""The gateway's wire schemas: the single definition of what `POST /generate` accepts and what the job,
+manifest and preview routes answer. The gateway validates with these models and the SDK reads with them.
+
+Pydantic and the standard library only, so that the SDK installs without the service's dependencies.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ImageFormat = Literal["png", "dicom"]
+TERMINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63 so that they survive JSON readers with int64
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# A label vector in the model's order, or label names mapped to values (the others are 0).
+LabelVector = list[float] | dict[str, float]
+
+
+class LabelPrior(_Strict):
+    """Labels sampled per image from the model card's label prior (its training-set label patterns),
+    with the `fixed` labels set to the given values on every image."""
+
+    prior: Literal["model"] = Field(description="where the other labels come from: the model card's prior")
+    fixed: dict[str, float] = Field(default_factory=dict, description="label name -> value on every image")
+
+
+class JobRequest(_Strict):
+    """`POST /generate` (and `POST /v1/jobs`): N radiographs written as WebDataset shards."""
+
+    model: str | None = Field(default=None, description="NAME or NAME/VERSION; the default model if omitted")
+    count: int = Field(ge=1, description="number of images")
+    resolution: int | None = Field(
+        default=None, ge=4, description="pixels per side: the model's, or lower (area downsampling)"
+    )
+    labels: LabelVector | list[LabelVector] | LabelPrior | None = Field(
+        default=None,
+        description=(
+            "one label vector for every image (a list of the model's label count, or a mapping of label "
+            "names to values in 0..1), a list with one vector per image, or a prior; all zeros if omitted"
+        ),
+    )
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT, description="chosen and recorded if omitted")
+    format: ImageFormat = "png"
+    shard_size: int = Field(default=1000, ge=1, description="images per tar shard")
+    prefix: str = Field(
+        default="", max_length=256, description="destination folder under the gateway's storage prefix"
+    )
+
+
+class JobSpec(_Strict):
+    """What a job is, resolved and recorded in `job.json`: the shards are a pure function of this spec
+    (the job id and the destination aside) and the shard index."""
+
+    job_id: str
+    model_name: str
+    model_version: str
+    model_card_sha256: str
+    resolution: int
+    native_resolution: int
+    count: int
+    seed: int
+    format: ImageFormat
+    shard_size: int
+    prefix: str
+    label_names: list[str]
+    label_vector: list[float] | None = Field(default=None, description="the same labels on every image")
+    label_rows: list[list[float]] | None = Field(default=None, description="one label vector per image")
+    label_prior_fixed: dict[str, float] | None = Field(
+        default=None, description="labels sampled from the prior, these fixed"
+    )
+    created: datetime
+
+    @property
+    def shards_total(self) -> int:
+        return -(-self.count // self.shard_size)
+
+
+class JobStatus(_Strict):
+    id: str
+    url: str
+    state: JobState
+    model: str = Field(description="NAME/VERSION")
+    count: int
+    images_done: int
+    shards_done: int
+    shards_total: int
+    images_per_second: float | None = None
+    seconds_left: float | None = None
+    seed: int
+    format: ImageFormat
+    location: str = Field(description="where the shards go: <storage>/<prefix>/<job id>/")
+    manifest_url: str | None = None
+    error: str | None = None
+    created: datetime
+
+
+class JobList(_Strict):
+    jobs: list[JobStatus]
+
+
+class ShardEntry(_Strict):
+    name: str
+    sha256: str
+    bytes: int
+    images: int
+    first_index: int
+    label_counts: dict[str, int] = Field(description="images per label with a value >= 0.5")
+
+
+class ManifestModel(_Strict):
+    name: str
+    version: str
+    card_sha256: str
+
+
+class Manifest(_Strict):
+    """`manifest.json`, written last: every shard with its checksum, image count and label counts."""
+
+    job_id: str
+    model: ManifestModel
+    spec: JobSpec
+    images: int
+    shards: list[ShardEntry]
+    label_counts: dict[str, int]
+
+
+class PreviewRequest(_Strict):
+    """`POST /v1/preview`: a small PNG grid, answered synchronously."""
+
+    model: str | None = None
+    count: int = Field(default=4, ge=1, description="images in the grid (at most the gateway's limit)")
+    seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
+    labels: LabelVector | list[LabelVector] | LabelPrior | None = None
+    resolution: int | None = Field(default=None, ge=4)
+
+
+class ModelSummary(_Strict):
+    name: str
+    version: str
+    ref: str
+    resolution: int
+    latent_dim: int
+    labels: list[str]
+    default: bool
+    card_sha256: str
+
+
+class ModelList(_Strict):
+    models: list[ModelSummary]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error of the gateway is answered."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[dict] | None = Field(default=None, description="for validation errors: field and message")

@@ -1,0 +1,57 @@
+"""FastAPI dependencies: the gateway's parts (settings, jobs, catalog) and API-key access."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.catalog import Catalog
+from service.jobs import JobManager
+from service.metrics import Metrics
+from service.problems import ApiProblem
+from service.settings import Settings
+from service.storage import Storage
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def jobs(request: Request) -> JobManager:
+    return request.app.state.jobs
+
+
+def catalog(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+def storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def require_api_key(request: Request) -> None:
+    """With `THORAX_API_KEYS` set, a key is needed as `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
+    keys = request.app.state.settings.api_key_set
+    if not keys:
+        return
+    given = request.headers.get("x-api-key", "")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        given = given or token.strip()
+    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise ApiProblem(
+            401, "Unauthorized", "a valid API key is needed (Authorization: Bearer KEY or X-API-Key)"
+        )
+
+
+SettingsDep = Annotated[Settings, Depends(settings)]
+JobsDep = Annotated[JobManager, Depends(jobs)]
+CatalogDep = Annotated[Catalog, Depends(catalog)]
+StorageDep = Annotated[Storage, Depends(storage)]
+MetricsDep = Annotated[Metrics, Depends(metrics)]

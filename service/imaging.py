@@ -1,0 +1,115 @@
+"""Pixels to bytes: area downsampling, deterministic PNG and DICOM encoders, and the preview grid.
+
+Every encoder is a pure function of its inputs (fixed compression settings, no timestamps, UIDs derived
+from a hash), so that the same job spec gives the same shard bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+PNG_COMPRESS_LEVEL = 6
+
+
+def downsample(images: np.ndarray, resolution: int) -> np.ndarray:
+    """uint8 [N, H, W] -> uint8 [N, r, r] by area averaging (Pillow's box filter, exact for any ratio)."""
+    if images.shape[-1] == resolution:
+        return images
+    out = np.empty((len(images), resolution, resolution), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = np.asarray(
+            Image.fromarray(image, "L").resize((resolution, resolution), Image.Resampling.BOX)
+        )
+    return out
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 [H, W] -> 8-bit greyscale PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(image, "L").save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    return buf.getvalue()
+
+
+def uid_from(*parts: str) -> str:
+    """A DICOM UID under the 2.25 root (an integer made from a hash): unique per (model, job, image) and the
+    same each time the same image is written."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+
+def dicom_bytes(
+    image: np.ndarray, *, model: str, model_sha: str, spec_sha: str, index: int, labels: dict[str, float]
+) -> bytes:
+    """uint8 [H, W] -> a DICOM Secondary Capture (Conversion Type SYN) that records its labels."""
+    sop_uid = uid_from(model_sha, spec_sha, str(index), "instance")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = "2.25.87245931052318733096367329424364624451"
+    meta.ImplementationVersionName = "THORAX_0_1"
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.AccessionNumber = ""
+    ds.Modality = "OT"
+    ds.ConversionType = "SYN"
+    ds.Manufacturer = "Thorax"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "Synthetic chest radiographs"
+    ds.SeriesDescription = f"Thorax generator {model}"
+    ds.ManufacturerModelName = model[:64]
+    ds.PatientName = "Synthetic^Image"
+    ds.PatientID = f"SYN{index:09d}"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "synthetic image: generated, never acquired from a patient"
+    ds.BodyPartExamined = "CHEST"
+    ds.StudyInstanceUID = uid_from(model_sha, spec_sha, "study")
+    ds.SeriesInstanceUID = uid_from(model_sha, spec_sha, "series")
+    ds.StudyID = ""
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = index + 1
+    ds.PatientOrientation = ""
+    ds.BurnedInAnnotation = "NO"
+    positives = [name for name, value in labels.items() if value >= 0.5] or ["No_Finding"]
+    ds.ImageComments = "labels: " + ", ".join(f"{name}={value:g}" for name, value in labels.items())
+    ds.DerivationDescription = "synthesized by a conditional PGGAN; findings: " + ", ".join(positives)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = image.shape
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.LossyImageCompression = "00"
+    ds.PixelData = np.ascontiguousarray(image).tobytes() + (b"\0" if image.size % 2 else b"")
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def grid_png(images: np.ndarray) -> bytes:
+    """uint8 [N, H, W] -> one PNG with the images in a near-square grid (1 px gaps)."""
+    n, h, w = images.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    canvas = np.zeros((rows * (h + 1) - 1, cols * (w + 1) - 1), np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = image
+    return png_bytes(canvas)

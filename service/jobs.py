@@ -1,0 +1,581 @@
+"""Jobs: a request for N radiographs, turned into WebDataset shards in storage, surviving restarts.
+
+A job's spec is written first (`job.json`), then its shards in order (`shard-000000.tar`, ...), each
+visible only when complete, then `manifest.json`. A shard is a pure function of (model, spec, shard
+index), so a gateway that starts and finds a job without a manifest resumes it at its first missing
+shard, and writing a shard twice is harmless.
+
+Inside a job three stages overlap, joined by bounded queues so that memory stays flat whatever the count:
+
+    inference thread ──(batches of images)──▶ encoder thread ──(tar chunks)──▶ job thread (upload)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+from thoraxclient.schemas import TERMINAL_STATES, JobRequest, JobSpec, JobStatus, Manifest, ShardEntry
+
+from service import labels as label_rules
+from service.backends import BackendError
+from service.catalog import Catalog, LoadedModel
+from service.imaging import dicom_bytes, downsample, png_bytes
+from service.metrics import Metrics
+from service.problems import ApiProblem, FieldProblem, LimitProblem
+from service.settings import Settings
+from service.shards import Digest, canonical_json, image_key, shard_name, tar_end, tar_member
+from service.storage import Storage, StorageError
+from thorax.store import StoreError
+
+log = logging.getLogger("thorax.gateway")
+SPEC, MANIFEST, CANCELLED = "job.json", "manifest.json", "cancelled.json"
+_PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._=-")
+_POLL = 0.2  # seconds between checks of stop flags while waiting on a queue
+
+
+class Cancelled(Exception):
+    """The job was cancelled by a user."""
+
+
+class Interrupted(Exception):
+    """The gateway is shutting down; the job stays resumable."""
+
+
+def spec_sha256(spec: JobSpec) -> str:
+    """What the shard bytes depend on: the spec without the job id, destination and creation time."""
+    return hashlib.sha256(
+        canonical_json(spec.model_dump(mode="json", exclude={"job_id", "prefix", "created"}))
+    ).hexdigest()
+
+
+def clean_prefix(prefix: str) -> str:
+    """A destination folder that stays under the gateway's storage prefix, or a FieldProblem."""
+    prefix = prefix.strip().rstrip("/")
+    if not prefix:
+        return ""
+    if prefix.startswith("/") or "\\" in prefix:
+        raise FieldProblem("prefix", "must be a relative path inside the storage prefix")
+    for part in prefix.split("/"):
+        if part in ("", ".", "..") or not set(part) <= _PREFIX_CHARS:
+            raise FieldProblem("prefix", f"segment {part!r} not allowed: use letters, digits and . _ = -")
+    return prefix
+
+
+@dataclass
+class Job:
+    spec: JobSpec
+    base: str  # storage key prefix of the job's folder
+    state: str = "queued"
+    error: str | None = None
+    committed: dict[int, ShardEntry] = field(default_factory=dict)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    run_started: float | None = None
+    images_at_start: int = 0
+    images_encoded: int = 0  # this run's images through the encoder: the rate, before shards commit
+
+    @property
+    def id(self) -> str:
+        return self.spec.job_id
+
+    @property
+    def images_done(self) -> int:
+        return sum(entry.images for entry in list(self.committed.values()))  # list(): the job thread adds
+
+    def key(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def status(self, url: str, location: str) -> JobStatus:
+        done = self.images_done
+        rate = left = None
+        if self.state == "running" and self.run_started is not None:
+            elapsed = time.monotonic() - self.run_started
+            if elapsed > 0 and self.images_encoded > 0:
+                rate = self.images_encoded / elapsed
+                left = max(0.0, self.spec.count - self.images_at_start - self.images_encoded) / rate
+        return JobStatus(
+            id=self.id,
+            url=url,
+            state=self.state,
+            model=f"{self.spec.model_name}/{self.spec.model_version}",
+            count=self.spec.count,
+            images_done=done,
+            shards_done=len(self.committed),
+            shards_total=self.spec.shards_total,
+            images_per_second=rate,
+            seconds_left=left,
+            seed=self.spec.seed,
+            format=self.spec.format,
+            location=f"{location}/{self.base}/",
+            manifest_url=f"{url}/manifest" if self.state == "succeeded" else None,
+            error=self.error,
+            created=self.spec.created,
+        )
+
+
+class JobManager:
+    def __init__(self, settings: Settings, storage: Storage, catalog: Catalog, metrics: Metrics) -> None:
+        self.settings, self.storage, self.catalog, self.metrics = settings, storage, catalog, metrics
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.queue: queue.Queue[Job] = queue.Queue()
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.scanned = threading.Event()
+
+    # ---- life cycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for n in range(self.settings.job_workers):
+            thread = threading.Thread(target=self._worker, name=f"thorax-job-{n}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        scan = threading.Thread(target=self._scan_storage, name="thorax-resume", daemon=True)
+        scan.start()
+        self.threads.append(scan)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _scan_storage(self) -> None:
+        """Find the jobs in storage: finished ones are listed, unfinished ones resume (with backoff while
+        storage is away)."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                self.storage.check()
+                self._load_jobs()
+                self.scanned.set()
+                return
+            except StorageError as exc:
+                log.warning("storage not reachable for the job scan (%s); retrying in %.1fs", exc, delay)
+                self.metrics.errors.labels("storage").inc()
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _load_jobs(self) -> None:
+        root = self.settings.storage_prefix.strip("/")
+        keys = self.storage.list(f"{root}/" if root else "")  # "jobs/", not every key starting "jobs"
+        folders: dict[str, set[str]] = {}
+        for key in keys:
+            folder, _, name = key.rpartition("/")
+            folders.setdefault(folder, set()).add(name)
+        for folder, names in sorted(folders.items()):
+            if SPEC not in names:
+                continue
+            try:
+                spec = JobSpec.model_validate_json(self.storage.get_bytes(f"{folder}/{SPEC}") or b"")
+            except ValueError as exc:
+                log.warning("skipping %s: unreadable %s (%s)", folder, SPEC, exc)
+                continue
+            with self.lock:
+                if spec.job_id in self.jobs:
+                    continue
+                job = Job(spec, folder)
+                self.jobs[spec.job_id] = job
+            if MANIFEST in names:
+                manifest = Manifest.model_validate_json(self.storage.get_bytes(f"{folder}/{MANIFEST}") or b"")
+                job.committed = {i: s for i, s in enumerate(manifest.shards)}
+                job.state = "succeeded"
+            elif CANCELLED in names:
+                job.state = "cancelled"
+            elif self.settings.resume_on_start:
+                log.info("resuming job %s", job.id)
+                self.queue.put(job)
+
+    # ---- requests ---------------------------------------------------------------------------------
+
+    def submit(self, request: JobRequest) -> Job:
+        s = self.settings
+        if request.count > s.max_count:
+            raise LimitProblem(
+                f"count: at most {s.max_count} images per job, asked for {request.count}", "count"
+            )
+        if request.shard_size > s.max_shard_size:
+            raise FieldProblem("shard_size", f"at most {s.max_shard_size} images per shard")
+        prefix = clean_prefix(request.prefix)
+        model = self.model(request.model)
+        resolution = resolve_resolution(request.resolution, model)
+        resolved_labels = label_rules.resolve(request.labels, model.label_names, request.count)
+        seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**63)
+        spec = JobSpec(
+            job_id=uuid.uuid4().hex,
+            model_name=model.stored.name,
+            model_version=model.stored.version,
+            model_card_sha256=model.card_sha256,
+            resolution=resolution,
+            native_resolution=model.resolution,
+            count=request.count,
+            seed=seed,
+            format=request.format,
+            shard_size=request.shard_size,
+            prefix=prefix,
+            label_names=model.label_names,
+            created=datetime.now(UTC),
+            **resolved_labels,
+        )
+        base = "/".join(p for p in (s.storage_prefix.strip("/"), prefix, spec.job_id) if p)
+        job = Job(spec, base)
+        with self.lock:
+            active = sum(1 for j in self.jobs.values() if j.state in ("queued", "running"))
+            if active >= s.max_active_jobs:
+                raise LimitProblem(f"{active} jobs are queued or running; the limit is {s.max_active_jobs}")
+            self.jobs[spec.job_id] = job
+        try:
+            self.storage.put_bytes(job.key(SPEC), spec.model_dump_json(indent=1).encode())
+        except StorageError as exc:
+            with self.lock:
+                del self.jobs[spec.job_id]
+            self.metrics.errors.labels("storage").inc()
+            raise ApiProblem(503, "Storage unavailable", f"could not record the job: {exc}") from exc
+        self.queue.put(job)
+        return job
+
+    def model(self, ref: str | None) -> LoadedModel:
+        try:
+            return self.catalog.get(ref)
+        except StoreError as exc:
+            raise FieldProblem("model", str(exc)) from None
+
+    def get(self, job_id: str) -> Job:
+        with self.lock:
+            job = self.jobs.get(job_id)
+        if job is None:
+            raise ApiProblem(404, "Not found", f"no job {job_id!r}")
+        return job
+
+    def list(self) -> list[Job]:
+        with self.lock:
+            return sorted(self.jobs.values(), key=lambda j: j.spec.created, reverse=True)
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state in TERMINAL_STATES and job.state != "failed":
+            raise ApiProblem(409, "Conflict", f"job {job_id} has already {job.state}")
+        job.cancel.set()
+        try:
+            self.storage.put_bytes(
+                job.key(CANCELLED), canonical_json({"cancelled": datetime.now(UTC).isoformat()})
+            )
+        except StorageError as exc:
+            log.warning("job %s: could not record the cancellation (%s)", job_id, exc)
+        if job.state in ("queued", "failed"):
+            job.state = "cancelled"
+        return job
+
+    def resume(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state != "failed":
+            raise ApiProblem(
+                409, "Conflict", f"only a failed job can be resumed; job {job_id} is {job.state}"
+            )
+        job.state, job.error = "queued", None
+        self.queue.put(job)
+        return job
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            states = [j.state for j in self.jobs.values()]
+        return {state: states.count(state) for state in ("queued", "running", *TERMINAL_STATES)}
+
+    def manifest(self, job_id: str) -> bytes:
+        job = self.get(job_id)
+        if job.state != "succeeded":
+            raise ApiProblem(
+                409, "Conflict", f"job {job_id} is {job.state}; the manifest comes when it succeeds"
+            )
+        data = self.storage.get_bytes(job.key(MANIFEST))
+        if data is None:
+            raise ApiProblem(404, "Not found", f"job {job_id} has no manifest in storage")
+        return data
+
+    # ---- running ----------------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                job = self.queue.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            if job.cancel.is_set() or job.state == "cancelled":
+                job.state = "cancelled"
+                continue
+            try:
+                self._run(job)
+            except Exception:  # never let a worker die
+                log.exception("job %s crashed", job.id)
+                job.state, job.error = "failed", "internal error; see the gateway log"
+
+    def _run(self, job: Job) -> None:
+        job.state, job.error = "running", None
+        try:
+            model = self.catalog.get(f"{job.spec.model_name}/{job.spec.model_version}")
+        except (StoreError, BackendError) as exc:
+            job.state, job.error = "failed", f"model {job.spec.model_name}/{job.spec.model_version}: {exc}"
+            return
+        if model.card_sha256 != job.spec.model_card_sha256:
+            job.state, job.error = "failed", "the model's card changed since the job was submitted"
+            return
+        failing_since, delay, done_at_failure = None, 0.5, -1
+        while True:
+            job.run_started, job.images_at_start, job.images_encoded = time.monotonic(), job.images_done, 0
+            try:
+                self._find_committed(job)
+                self._produce(job, model)
+                self._write_manifest(job)
+                job.state = "succeeded"
+                log.info("job %s succeeded: %d images", job.id, job.images_done)
+                return
+            except Cancelled:
+                job.state = "cancelled"
+                return
+            except Interrupted:
+                return
+            except StorageError as exc:
+                self.metrics.errors.labels("storage").inc()
+                if failing_since is None or len(job.committed) > done_at_failure:
+                    failing_since, delay, done_at_failure = time.monotonic(), 0.5, len(job.committed)
+                waited = time.monotonic() - failing_since
+                if waited >= self.settings.storage_retry_seconds:
+                    job.state = "failed"
+                    job.error = (
+                        f"storage unavailable for {waited:.0f}s: {exc}; the job keeps its "
+                        f"{len(job.committed)} committed shards and resumes with POST {job.id}/resume "
+                        "or a gateway restart"
+                    )
+                    return
+                log.warning("job %s: storage error (%s); retrying in %.1fs", job.id, exc, delay)
+                if job.cancel.wait(delay) or self.stopping.is_set():
+                    continue  # the next attempt notices and stops
+                delay = min(delay * 2, 10.0)
+            except BackendError as exc:
+                self.metrics.errors.labels("backend").inc()
+                job.state, job.error = "failed", f"backend: {exc}"
+                return
+
+    def _check(self, job: Job) -> None:
+        if job.cancel.is_set():
+            raise Cancelled()
+        if self.stopping.is_set():
+            raise Interrupted()
+
+    def _find_committed(self, job: Job) -> None:
+        """Shards already in storage (from this run or an earlier gateway) count as committed."""
+        self._check(job)
+        names = {key.rpartition("/")[2] for key in self.storage.list(job.base + "/")}
+        plan = None
+        for index in range(job.spec.shards_total):
+            name = shard_name(index)
+            if name in names and index not in job.committed:
+                plan = plan or label_rules.LabelPlan.of(job.spec, self.model_of(job).prior_patterns)
+                digest = Digest()
+                for chunk in self.storage.iter_bytes(job.key(name)):
+                    digest.add(chunk)
+                indices = self._shard_indices(job, index)
+                counts = label_rules.positive_counts(plan(indices), job.spec.label_names)
+                job.committed[index] = ShardEntry(
+                    name=name,
+                    sha256=digest.sha.hexdigest(),
+                    bytes=digest.size,
+                    images=len(indices),
+                    first_index=indices.start,
+                    label_counts=counts,
+                )
+
+    def model_of(self, job: Job) -> LoadedModel:
+        return self.catalog.get(f"{job.spec.model_name}/{job.spec.model_version}")
+
+    def _shard_indices(self, job: Job, shard_index: int) -> range:
+        start = shard_index * job.spec.shard_size
+        return range(start, min(start + job.spec.shard_size, job.spec.count))
+
+    def _produce(self, job: Job, model: LoadedModel) -> None:
+        pending = [i for i in range(job.spec.shards_total) if i not in job.committed]
+        if not pending:
+            return
+        stop = threading.Event()
+        batches: queue.Queue = queue.Queue(maxsize=2)
+        chunks: queue.Queue = queue.Queue(maxsize=8)
+        threads = [
+            threading.Thread(target=self._infer, args=(job, model, pending, batches, stop), daemon=True),
+            threading.Thread(target=self._encode, args=(job, batches, chunks, stop), daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for index in pending:
+                self._upload(job, index, chunks, threads)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+
+    def _infer(
+        self, job: Job, model: LoadedModel, pending: list[int], out: queue.Queue, stop: threading.Event
+    ) -> None:
+        spec, plan = job.spec, label_rules.LabelPlan.of(job.spec, model.prior_patterns)
+        try:
+            for shard_index in pending:
+                indices = self._shard_indices(job, shard_index)
+                for start in range(indices.start, indices.stop, self.settings.batch_size):
+                    self._check(job)
+                    batch = list(range(start, min(start + self.settings.batch_size, indices.stop)))
+                    labels = plan(batch)  # [n, L]
+                    t0 = time.perf_counter()
+                    images = model.backend.generate(spec.seed, batch, labels)  # [n, H, W] uint8
+                    self.metrics.inference.labels(model.ref).observe(time.perf_counter() - t0)
+                    images = downsample(images, spec.resolution)
+                    _put(out, ("batch", shard_index, batch, images, labels), stop)
+                _put(out, ("end", shard_index, indices), stop)
+        except Exception as exc:  # handed to the upload side, which raises it in the job thread
+            _put(out, ("error", exc), stop)
+
+    def _encode(self, job: Job, source: queue.Queue, out: queue.Queue, stop: threading.Event) -> None:
+        spec, encoder = job.spec, SampleEncoder(job.spec)
+        counts: dict[int, np.ndarray] = {}  # shard -> images per label with a value >= 0.5
+        try:
+            while (item := _get(source, stop)) is not None:
+                if item[0] == "error":
+                    _put(out, item, stop)
+                    return
+                if item[0] == "end":
+                    _, shard_index, indices = item
+                    positives = counts.pop(shard_index, np.zeros(len(spec.label_names), np.int64))
+                    label_counts = dict(zip(spec.label_names, positives.tolist(), strict=True))
+                    _put(out, ("data", shard_index, tar_end()), stop)
+                    _put(out, ("end", shard_index, indices, label_counts), stop)
+                    continue
+                _, shard_index, batch, images, labels = item
+                t0 = time.perf_counter()
+                data = b"".join(
+                    encoder(i, image, row) for i, image, row in zip(batch, images, labels, strict=True)
+                )
+                counts[shard_index] = counts.get(shard_index, 0) + (labels >= 0.5).sum(axis=0)
+                job.images_encoded += len(batch)
+                self.metrics.encoding.labels(spec.format).observe(time.perf_counter() - t0)
+                _put(out, ("data", shard_index, data), stop)
+        except Exception as exc:
+            _put(out, ("error", exc), stop)
+
+    def _upload(
+        self, job: Job, shard_index: int, source: queue.Queue, threads: list[threading.Thread]
+    ) -> None:
+        digest, ended = Digest(), {}
+
+        def stream():
+            while True:
+                self._check(job)
+                try:
+                    item = source.get(timeout=_POLL)
+                except queue.Empty:
+                    if not all(t.is_alive() for t in threads):
+                        raise RuntimeError("a pipeline stage stopped unexpectedly") from None
+                    continue
+                if item[0] == "error":
+                    raise item[1]
+                if item[1] != shard_index:
+                    raise RuntimeError(f"shard {item[1]} arrived while writing shard {shard_index}")
+                if item[0] == "end":
+                    ended["indices"], ended["label_counts"] = item[2], item[3]
+                    return
+                yield digest.add(item[2])
+
+        t0 = time.perf_counter()
+        self.storage.put_stream(job.key(shard_name(shard_index)), stream())
+        if "indices" not in ended:
+            raise StorageError(f"shard {shard_index}: the upload ended before the shard did")
+        self.metrics.upload.observe(time.perf_counter() - t0)
+        indices = ended["indices"]
+        job.committed[shard_index] = ShardEntry(
+            name=shard_name(shard_index),
+            sha256=digest.sha.hexdigest(),
+            bytes=digest.size,
+            images=len(indices),
+            first_index=indices.start,
+            label_counts=ended["label_counts"],
+        )
+        self.metrics.shards.inc()
+        self.metrics.images.labels(f"{job.spec.model_name}/{job.spec.model_version}").inc(len(indices))
+
+    def _write_manifest(self, job: Job) -> None:
+        self._check(job)
+        shards = [job.committed[i] for i in range(job.spec.shards_total)]
+        totals = {name: sum(s.label_counts.get(name, 0) for s in shards) for name in job.spec.label_names}
+        manifest = Manifest(
+            job_id=job.id,
+            model={
+                "name": job.spec.model_name,
+                "version": job.spec.model_version,
+                "card_sha256": job.spec.model_card_sha256,
+            },
+            spec=job.spec,
+            images=sum(s.images for s in shards),
+            shards=shards,
+            label_counts=totals,
+        )
+        data = json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=True).encode()
+        self.storage.put_bytes(job.key(MANIFEST), data)
+
+
+class SampleEncoder:
+    """One image of a job -> its two tar members: the image (PNG or DICOM) and its JSON record."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec, self.spec_hash = spec, spec_sha256(spec)
+        self.model_ref = f"{spec.model_name}/{spec.model_version}"
+        self.model_info = {"name": spec.model_name, "version": spec.model_version,
+                           "card_sha256": spec.model_card_sha256}  # fmt: skip
+
+    def __call__(self, index: int, image: np.ndarray, label_row: np.ndarray) -> bytes:
+        spec, key = self.spec, image_key(index)
+        values = {name: round(float(v), 6) for name, v in zip(spec.label_names, label_row, strict=True)}
+        if spec.format == "png":
+            image_member = tar_member(f"{key}.png", png_bytes(image))
+        else:
+            dicom = dicom_bytes(image, model=self.model_ref, model_sha=spec.model_card_sha256,
+                                spec_sha=self.spec_hash, index=index, labels=values)  # fmt: skip
+            image_member = tar_member(f"{key}.dcm", dicom)
+        record = {
+            "key": key, "index": index, "seed": spec.seed, "model": self.model_info, "labels": values,
+            "label_vector": list(values.values()),  # in the model's label order
+            "resolution": spec.resolution, "format": spec.format, "spec_sha256": self.spec_hash,
+        }  # fmt: skip
+        return image_member + tar_member(f"{key}.json", canonical_json(record))
+
+
+def resolve_resolution(asked: int | None, model: LoadedModel) -> int:
+    if asked is None:
+        return model.resolution
+    if asked > model.resolution:
+        raise FieldProblem("resolution", f"at most the model's {model.resolution} px (lower is downsampled)")
+    return asked
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_POLL)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event):
+    while not stop.is_set():
+        try:
+            return q.get(timeout=_POLL)
+        except queue.Empty:
+            continue
+    return None

@@ -1,0 +1,48 @@
+"""Gateway settings, read from `THORAX_` environment variables in this one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="THORAX_", extra="ignore")
+
+    # models and backend
+    default_model: str | None = None  # NAME[/VERSION]; the store's default if unset
+    backend: Literal["onnxruntime", "torchserve"] = "onnxruntime"
+    torchserve_url: str | None = None  # inference base URL, e.g. http://torchserve:8080
+    onnx_threads: int = Field(default=1, ge=1)  # onnxruntime intra-op threads
+    batch_size: int = Field(default=32, ge=1, le=1024)  # images per inference call
+
+    # storage: a local folder unless an S3 endpoint is configured
+    storage_dir: Path = Path("thorax-data")
+    storage_prefix: str = ""  # every job lives under this prefix; requests cannot leave it
+    s3_endpoint: str | None = None  # host:port
+    s3_bucket: str = "thorax"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_secure: bool = False
+    s3_region: str | None = None
+    s3_part_size: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    storage_retry_seconds: float = Field(default=60.0, ge=0)  # keep retrying storage this long, then fail
+
+    # limits
+    max_count: int = Field(default=1_000_000, ge=1)
+    max_shard_size: int = Field(default=10_000, ge=1)
+    max_active_jobs: int = Field(default=4, ge=1)  # queued + running; 429 past it
+    job_workers: int = Field(default=1, ge=1)  # jobs running at once
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_preview: int = Field(default=16, ge=1)
+
+    # access: comma-separated keys; with any configured, every route but health needs one
+    api_keys: str = ""
+    resume_on_start: bool = True
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())

@@ -1,0 +1,30 @@
+"""The storage interface the jobs use; keys are `/`-separated paths relative to the storage root."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+
+class StorageError(Exception):
+    """Storage could not be reached or refused an operation; a job retries it with backoff."""
+
+
+class Storage(Protocol):
+    location: str  # for people: a folder or s3://bucket
+
+    def check(self) -> None:
+        """Raise StorageError unless storage answers (and the bucket exists)."""
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Write an object from a stream of chunks; it appears only once the stream has ended."""
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is none."""
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]: ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under a prefix, recursively, sorted."""

@@ -1,0 +1,73 @@
+"""Storage in a local folder (the default): `THORAX_STORAGE_DIR`, `./thorax-data` unless set."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from service.storage.base import StorageError
+
+_TEMP = ".partial-"
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.location = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise StorageError(f"key {key!r} leaves the storage folder")
+        return path
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK):
+                raise StorageError(f"{self.root} is not writable")
+        except OSError as exc:
+            raise StorageError(f"{self.root}: {exc}") from exc
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.put_stream(key, [data])
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        path = self._path(key)
+        temp = path.with_name(f"{_TEMP}{uuid.uuid4().hex}-{path.name}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(temp, "wb") as fh:
+                for chunk in chunks:
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temp, path)
+        except OSError as exc:
+            raise StorageError(f"writing {key}: {exc}") from exc
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"reading {key}: {exc}") from exc
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        with open(self._path(key), "rb") as fh:
+            yield from iter(lambda: fh.read(1 << 20), b"")
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            if path.is_file() and not path.name.startswith(_TEMP):
+                keys.append(path.relative_to(self.root).as_posix())
+        return sorted(keys)
