@@ -20,6 +20,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -41,6 +42,7 @@ log = logging.getLogger("thorax.gateway")
 SPEC, MANIFEST, CANCELLED = "job.json", "manifest.json", "cancelled.json"
 _PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._=-")
 _POLL = 0.2  # seconds between checks of stop flags while waiting on a queue
+SHARD_URL_SECONDS = 6 * 3600  # presigned shard URLs stay valid this long
 
 
 class Cancelled(Exception):
@@ -301,6 +303,28 @@ class JobManager:
             raise ApiProblem(404, "Not found", f"job {job_id} has no manifest in storage")
         return data
 
+    def shards(self, job_id: str) -> list[ShardEntry]:
+        """The job's committed shards so far, in order (readable while it runs)."""
+        job = self.get(job_id)
+        committed = dict(job.committed)  # the job thread adds to it
+        return [committed[i] for i in sorted(committed)]
+
+    def shard_stream(self, job_id: str, shard_index: int) -> tuple[ShardEntry, Iterator[bytes]]:
+        """A committed shard's entry and its bytes, streamed from storage."""
+        job = self.get(job_id)
+        entry = job.committed.get(shard_index)
+        if entry is None:
+            raise ApiProblem(404, "Not found", f"job {job_id} has no committed shard {shard_index}")
+        return entry, self.storage.iter_bytes(job.key(entry.name))
+
+    def shard_url(self, job_id: str, entry: ShardEntry) -> str | None:
+        """A presigned URL of a shard where storage has them, else None."""
+        try:
+            return self.storage.presigned_url(self.get(job_id).key(entry.name), SHARD_URL_SECONDS)
+        except StorageError as exc:
+            self.metrics.errors.labels("storage").inc()
+            raise ApiProblem(503, "Storage unavailable", f"could not sign a shard URL: {exc}") from exc
+
     # ---- running ----------------------------------------------------------------------------------
 
     def _worker(self) -> None:
@@ -525,7 +549,8 @@ class JobManager:
             shards=shards,
             label_counts=totals,
         )
-        data = json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=True).encode()
+        stored = manifest.model_dump(mode="json", exclude={"shards": {"__all__": {"url"}}})
+        data = json.dumps(stored, indent=1, sort_keys=True).encode()
         self.storage.put_bytes(job.key(MANIFEST), data)
 
 

@@ -7,6 +7,7 @@
     thorax models  list | show NAME[/VERSION] | verify [NAME[/VERSION]]
     thorax configs
     thorax serve   [--host 127.0.0.1] [--port 8000]      the gateway; settings from THORAX_ variables
+    thorax dataset build OUT --rebalance Cardiomegaly=10000 [--base labels.csv] [--model site-a=2 ...]
 
 A bad argument or a missing file prints one line, `thorax: error: ...`, and exits with code 2.
 """
@@ -212,6 +213,52 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_count(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if not sep or not name.strip() or count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: write LABEL=COUNT with a whole number >= 0")
+    return name, count
+
+
+def _model_weight(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        weight = float(value) if sep else 1.0
+    except ValueError:
+        weight = -1.0
+    if not name.strip() or not weight >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: write NAME or NAME=WEIGHT with a weight >= 0")
+    return name, weight
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    """`thorax dataset build`: thoraxclient.build_dataset from the command line."""
+    import os
+
+    from thoraxclient import ThoraxError, build_dataset
+
+    if args.uniform == bool(args.rebalance):
+        raise UserError("dataset build: give --rebalance LABEL=COUNT (repeatable) or --uniform, not both")
+    rebalance = "uniform" if args.uniform else dict(args.rebalance)
+    models = dict(args.model) if args.model else None
+    try:
+        card = build_dataset(
+            args.out, rebalance, base=args.base, models=models, resolution=args.resolution,
+            format=args.format, seed=args.seed, comorbidity=args.comorbidity, base_url=args.url,
+            api_key=args.api_key or os.environ.get("THORAX_API_KEY"), shard_size=args.shard_size,
+            progress=not args.quiet,
+        )  # fmt: skip
+    except ThoraxError as exc:
+        raise UserError(f"dataset build: {exc}") from None
+    after = ", ".join(f"{k} {card.counts_before[k]}->{v}" for k, v in card.counts_after.items() if v)
+    print(f"{args.out}: {card.real_images} real + {card.synthetic_images} synthetic images ({after})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="thorax", description="Synthetic chest radiographs without sharing patients.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -277,13 +324,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("dataset", help="datasets from the gateway: rebalanced, pooled from several sites")
+    dataset_sub = p.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser)
+    p = dataset_sub.add_parser("build", help="top a dataset up to per-label counts with synthetic images")
+    p.add_argument("out", help="output folder (the same call again resumes)")
+    p.add_argument("--rebalance", type=_label_count, action="append", default=[], metavar="LABEL=COUNT",
+                   help="images positive for LABEL the dataset must hold (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--uniform", action="store_true", help="raise every label to the most frequent one's count"
+    )
+    p.add_argument("--base", help="a real label table: thorax labels.csv or NIH Data_Entry_2017 layout")
+    p.add_argument("--model", type=_model_weight, action="append", default=[], metavar="NAME[=WEIGHT]",
+                   help="a generator to pool (repeatable; default: the gateway's default model)")  # fmt: skip
+    p.add_argument("--resolution", type=_positive_int)
+    p.add_argument("--format", choices=["png", "dicom"], default="png")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--comorbidity", choices=["prior", "none"], default="prior")
+    p.add_argument("--shard-size", type=_positive_int, default=1000)
+    p.add_argument("--url", help="the gateway (default: THORAX_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="API key (default: THORAX_API_KEY)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_dataset)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if getattr(args, "seed", 0) < 0:
+        if (getattr(args, "seed", 0) or 0) < 0:
             raise UserError("--seed must be >= 0")
         return args.func(args)
     except UserError as exc:

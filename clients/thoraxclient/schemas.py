@@ -114,6 +114,22 @@ class ShardEntry(_Strict):
     images: int
     first_index: int
     label_counts: dict[str, int] = Field(description="images per label with a value >= 0.5")
+    url: str | None = Field(
+        default=None,
+        description=(
+            "where a client reads the shard without storage credentials: a presigned GET URL (S3) or the "
+            "gateway's shard route (local folder); only in answers, never in the stored manifest"
+        ),
+    )
+
+
+class ShardList(_Strict):
+    """`GET /v1/jobs/{id}/shards`: the shards committed so far, with URLs; readable while the job runs."""
+
+    job_id: str
+    state: JobState
+    shards_total: int
+    shards: list[ShardEntry]
 
 
 class ManifestModel(_Strict):

@@ -1,9 +1,10 @@
-"""Jobs: `POST /generate` (= `POST /v1/jobs`), list, status, cancel, resume, manifest."""
+"""Jobs: `POST /generate` (= `POST /v1/jobs`), list, status, cancel, resume, manifest and shards."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
-from thoraxclient.schemas import JobList, JobRequest, JobStatus, Manifest, Problem
+from fastapi.responses import StreamingResponse
+from thoraxclient.schemas import JobList, JobRequest, JobStatus, Manifest, Problem, ShardEntry, ShardList
 
 from service import deps
 from service.jobs import Job, JobManager
@@ -52,6 +53,42 @@ def resume_job(job_id: str, request: Request, jobs: deps.JobsDep) -> JobStatus:
     return _status(request, jobs.resume(job_id), jobs)
 
 
+def _with_url(request: Request, jobs: JobManager, job_id: str, entry: ShardEntry) -> ShardEntry:
+    """The entry with the URL a client reads it from: presigned in S3, else the gateway's shard route."""
+    url = jobs.shard_url(job_id, entry)
+    if url is None:
+        index = int(entry.name.removeprefix("shard-").removesuffix(".tar"))
+        url = str(request.url_for("get_shard", job_id=job_id, shard_index=index))
+    return entry.model_copy(update={"url": url})
+
+
 @router.get("/v1/jobs/{job_id}/manifest", response_model=Manifest, responses=_ERRORS)
-def get_manifest(job_id: str, jobs: deps.JobsDep) -> Response:
-    return Response(jobs.manifest(job_id), media_type="application/json")
+def get_manifest(job_id: str, request: Request, jobs: deps.JobsDep, urls: bool = False) -> Response:
+    """The manifest as stored; with `?urls=true` every shard also carries the URL to read it from."""
+    data = jobs.manifest(job_id)
+    if not urls:
+        return Response(data, media_type="application/json")
+    manifest = Manifest.model_validate_json(data)
+    manifest.shards = [_with_url(request, jobs, job_id, entry) for entry in manifest.shards]
+    return Response(manifest.model_dump_json(), media_type="application/json")
+
+
+@router.get("/v1/jobs/{job_id}/shards", response_model=ShardList, responses=_ERRORS)
+def list_shards(job_id: str, request: Request, jobs: deps.JobsDep) -> ShardList:
+    """The shards committed so far, each with its checksum and URL: readable while the job runs."""
+    job = jobs.get(job_id)
+    state, entries = job.state, jobs.shards(job_id)  # state first: a succeeded job lists every shard
+    return ShardList(
+        job_id=job_id,
+        state=state,
+        shards_total=job.spec.shards_total,
+        shards=[_with_url(request, jobs, job_id, entry) for entry in entries],
+    )
+
+
+@router.get("/v1/jobs/{job_id}/shards/{shard_index}", responses=_ERRORS, name="get_shard")
+def get_shard(job_id: str, shard_index: int, jobs: deps.JobsDep) -> StreamingResponse:
+    """A committed shard's bytes (a WebDataset tar), streamed from storage."""
+    entry, chunks = jobs.shard_stream(job_id, shard_index)
+    headers = {"Content-Length": str(entry.bytes), "X-Checksum-SHA256": entry.sha256}
+    return StreamingResponse(chunks, media_type="application/x-tar", headers=headers)

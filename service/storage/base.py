@@ -28,3 +28,7 @@ class Storage(Protocol):
 
     def list(self, prefix: str) -> list[str]:
         """Every key under a prefix, recursively, sorted."""
+
+    def presigned_url(self, key: str, expires_seconds: int) -> str | None:
+        """A URL that reads the object without credentials until it expires, or None when this storage
+        has none (the gateway then serves the bytes itself)."""

@@ -71,3 +71,6 @@ class LocalStorage:
             if path.is_file() and not path.name.startswith(_TEMP):
                 keys.append(path.relative_to(self.root).as_posix())
         return sorted(keys)
+
+    def presigned_url(self, key: str, expires_seconds: int) -> str | None:
+        return None  # a folder has no URLs of its own: the gateway's shard route serves it

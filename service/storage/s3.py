@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 
 import urllib3
 from minio import Minio
@@ -135,3 +136,13 @@ class S3Storage:
             ),
         )
         return sorted(o.object_name for o in objects if not o.is_dir)
+
+    def presigned_url(self, key: str, expires_seconds: int) -> str | None:
+        # Signed with the gateway's endpoint: clients must reach the S3 server at the same address.
+        return self._call(
+            f"presigning {key}",
+            self.client.presigned_get_object,
+            bucket_name=self.bucket,
+            object_name=key,
+            expires=timedelta(seconds=expires_seconds),
+        )
