@@ -144,7 +144,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     card = model.card()
     print(
         f"exported {model.ref} to {model.path}: {card['architecture']['resolution']} px, "
-        f"{card['architecture']['kimg']:g} kimg, {len(card['files'])} files verified"
+        f"{card['architecture']['kimg']:g} kimg, {sum(1 for p in model.path.iterdir() if p.is_file())} files verified"
         + (" (now the default)" if args.default else "")
     )
     return 0
