@@ -30,7 +30,7 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 
 @contextmanager
-def torchserve(mar: Path, workdir: Path, start_timeout: float = 120.0):
+def torchserve(mar: Path, workdir: Path, start_timeout: float = 120.0, threads: int = 1):
     """TorchServe serving one .mar on 127.0.0.1; yields the inference base URL, e.g. http://127.0.0.1:PORT.
 
     Needs Java and `torchserve` in this Python's environment (its worker imports yaml and psutil).
@@ -58,8 +58,8 @@ def torchserve(mar: Path, workdir: Path, start_timeout: float = 120.0):
         "LOG_LOCATION": str(workdir / "logs"),
         "METRICS_LOCATION": str(workdir / "logs"),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "OMP_NUM_THREADS": "1",
-        "THORAX_TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "THORAX_TORCH_THREADS": str(threads),  # torch threads of the worker (tests: 1, benchmarks: all)
     }
     name = mar.stem
     cmd = [
