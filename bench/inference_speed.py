@@ -70,7 +70,10 @@ def main() -> None:
             ),
         }
     if not args.no_torchserve:
-        with tempfile.TemporaryDirectory() as tmp, torchserve(model.file("mar"), Path(tmp), threads=threads) as url:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            torchserve(model.file("mar"), Path(tmp), threads=threads) as url,
+        ):
             for batch in args.batches:
                 body = json.dumps(
                     {"seed": 0, "indices": list(range(batch)), "labels": [0.0] * n_labels}

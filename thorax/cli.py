@@ -142,9 +142,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         force=args.force,
     )
     card = model.card()
+    files = sum(1 for p in model.path.iterdir() if p.is_file())
     print(
         f"exported {model.ref} to {model.path}: {card['architecture']['resolution']} px, "
-        f"{card['architecture']['kimg']:g} kimg, {sum(1 for p in model.path.iterdir() if p.is_file())} files verified"
+        f"{card['architecture']['kimg']:g} kimg, {files} files verified"
         + (" (now the default)" if args.default else "")
     )
     return 0
