@@ -182,6 +182,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_model
+
+    evaluation = evaluate_model(args.model, Path(args.data), count=args.count, seed=args.seed)
+    memo = evaluation["memorisation"]
+    print(
+        f"wrote evaluation.json and {len(evaluation['figures'])} figures; generated-vs-train SSIM median "
+        f"{memo['generated_vs_train']['median']}, held-out-vs-train {memo['heldout_vs_train']['median']}"
+    )
+    return 0
+
+
 def _cmd_configs(args: argparse.Namespace) -> int:
     from training.config import CONFIG_DIR, load_config
 
@@ -316,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
         "ref", nargs="?", help="NAME or NAME/VERSION (default: the default model for show, all for verify)"
     )
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("evaluate", help="memorisation check and pictures of a stored model, into its card")
+    p.add_argument("model", nargs="?", help="NAME[/VERSION] (default: the default model)")
+    p.add_argument(
+        "--data", default=str(DEFAULT_DATA), help="the training data (its patient split is rebuilt)"
+    )
+    p.add_argument("--count", type=_positive_int, default=1000, help="generated images to check")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("configs", help="list the training configs")
     p.set_defaults(func=_cmd_configs)
