@@ -259,7 +259,7 @@ def training_data_summary(run_dir: Path, label_names: tuple[str, ...]) -> tuple[
     return training_data, label_prior
 
 
-def build_card(name: str, version: str, G: Generator, info: dict, folder: Path, files: dict) -> ModelCard:
+def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -> ModelCard:
     cfg, meta = info["cfg"], info["meta"]
     training_data, label_prior = training_data_summary(info["run_dir"], cfg.label_names)
     import onnxruntime
@@ -422,7 +422,7 @@ def export_model(
             "samples": "samples.png",
             "card_markdown": "model_card.md",
         }
-        card = build_card(name, version, G, info, work, files)
+        card = build_card(name, version, G, info, files)
         (work / "model_card.json").write_text(card.model_dump_json(indent=1))
         (work / "model_card.md").write_text(card_markdown(card))
         write_sums(work)
