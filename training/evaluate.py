@@ -61,15 +61,22 @@ class SsimIndex:
         self.mu = _blur(self.refs)
         self.var = _blur(self.refs**2) - self.mu**2
 
-    def ssim(self, image: torch.Tensor) -> torch.Tensor:
-        """Mean SSIM of one image [1, H, W] against every reference: [N]."""
+    def ssim(self, image: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+        """Mean SSIM of one image [1, H, W] against every reference: [N].
+
+        The references go in chunks: small temporaries are reused by the allocator, where whole-set ones
+        were mapped and unmapped for every query (5x slower here: 368 vs 68 ms a query at 64 px)."""
         x = image.float().unsqueeze(0)  # [1, 1, H, W]
         mu_x = _blur(x)
         var_x = _blur(x**2) - mu_x**2
-        cov = _blur(self.refs * x) - self.mu * mu_x
-        num = (2 * mu_x * self.mu + C1) * (2 * cov + C2)
-        den = (mu_x**2 + self.mu**2 + C1) * (var_x + self.var + C2)
-        return (num / den).mean(dim=(1, 2, 3))
+        out = []
+        for start in range(0, len(self.refs), chunk):
+            refs, mu, var = (t[start : start + chunk] for t in (self.refs, self.mu, self.var))
+            cov = _blur(refs * x) - mu * mu_x
+            num = (2 * mu_x * mu + C1) * (2 * cov + C2)
+            den = (mu_x**2 + mu**2 + C1) * (var_x + var + C2)
+            out.append((num / den).mean(dim=(1, 2, 3)))
+        return torch.cat(out)
 
 
 def nearest(index: SsimIndex, images: torch.Tensor, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
