@@ -42,6 +42,7 @@ log = logging.getLogger("thorax.gateway")
 SPEC, MANIFEST, CANCELLED = "job.json", "manifest.json", "cancelled.json"
 _PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._=-")
 _POLL = 0.2  # seconds between checks of stop flags while waiting on a queue
+STARTUP_SCAN_WAIT_S = 10.0  # how long a request for an unknown job waits for the start-up scan of storage
 SHARD_URL_SECONDS = 6 * 3600  # presigned shard URLs stay valid this long
 
 
@@ -254,11 +255,21 @@ class JobManager:
     def get(self, job_id: str) -> Job:
         with self.lock:
             job = self.jobs.get(job_id)
+        if job is None and not self.scanned.is_set():
+            # Just after a start the jobs of earlier gateways are still being read from storage: answer
+            # once they are, not with a 404 for a job that exists.
+            if not self.scanned.wait(STARTUP_SCAN_WAIT_S):
+                raise ApiProblem(
+                    503, "Service Unavailable", "the gateway is still reading its jobs from storage"
+                )
+            with self.lock:
+                job = self.jobs.get(job_id)
         if job is None:
             raise ApiProblem(404, "Not found", f"no job {job_id!r}")
         return job
 
     def list(self) -> list[Job]:
+        self.scanned.wait(STARTUP_SCAN_WAIT_S)  # a list without the earlier gateways' jobs would mislead
         with self.lock:
             return sorted(self.jobs.values(), key=lambda j: j.spec.created, reverse=True)
 
