@@ -227,3 +227,38 @@ def test_models_commands(store: Path) -> None:
     assert thorax("models", "verify").stdout.strip() == "ok  tiny/1"
     missing = thorax("models", "show", "nope")
     assert missing.returncode == 2 and "no model 'nope'" in missing.stderr
+
+
+def test_a_run_on_nih_layout_data_exports_with_its_label_counts(tmp_path: Path, data_dir: Path) -> None:
+    """NIH's `Data_Entry_2017` table (findings joined by `|`) describes the training data in the card too."""
+    import csv
+    import gzip
+
+    from training.config import load_config
+    from training.data import read_label_table
+    from training.train import RunOptions, train
+
+    table = read_label_table(data_dir / "labels.csv", NIH_LABELS)
+    picks = [i for i, f in enumerate(table.filenames) if f.startswith("nih_")][:40]
+    data = tmp_path / "nih"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for i in picks:
+        shutil.copy(data_dir / "images" / table.filenames[i], data / "images" / table.filenames[i])
+        found = [n.replace("_", " ") for n, v in zip(NIH_LABELS, table.labels[i], strict=True) if v]
+        rows.append({"Image Index": table.filenames[i], "Finding Labels": "|".join(found) or "No Finding",
+                     "Patient ID": table.patient_ids[i].removeprefix("nih_")})  # fmt: skip
+    with gzip.open(data / "Data_Entry_2017_v2020.csv.gz", "wt", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    run = tmp_path / "run"
+    train(load_config("tiny"), RunOptions(run, data, quiet=True))
+    model = export_model(run, "nih-tiny", "1", store=tmp_path / "store")
+    card = ModelCard.model_validate(model.card())
+    split = json.loads((run / "split.json").read_text())
+    train_rows = [i for i in picks if table.filenames[i] in set(split["train"])]
+    assert card.training_data.train_images == len(train_rows) > 0
+    assert card.training_data.sources[0].name.startswith("NIH ChestX-ray14")
+    for j, name in enumerate(NIH_LABELS):
+        assert card.training_data.label_counts[name] == sum(int(table.labels[i][j]) for i in train_rows)

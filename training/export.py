@@ -13,7 +13,6 @@ The folder is built beside the store and moved into place whole, so a failed exp
 from __future__ import annotations
 
 import copy
-import csv
 import datetime as dt
 import json
 import logging
@@ -38,6 +37,7 @@ from thorax.store import DEFAULT_POINTER, StoredModel, store_root, verify, write
 from training import serve_handler
 from training.checkpoint import generator_config, latest_checkpoint, load_generator, save_generator
 from training.config import config_from_dict
+from training.data import read_label_table
 from training.networks import Generator, fold_equalized_lr
 from training.sample import sample_grid
 
@@ -212,37 +212,41 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def training_data_summary(run_dir: Path, label_names: tuple[str, ...]) -> tuple[dict, dict]:
-    """(training_data, label_prior) sections of the card from the run's split and label table."""
+def training_data_summary(
+    run_dir: Path, label_names: tuple[str, ...], fractions: tuple[float, float, float]
+) -> tuple[dict, dict]:
+    """(training_data, label_prior) sections of the card from the run's split and label table (either
+    layout that training reads)."""
     split = json.loads((run_dir / "split.json").read_text())
     table_path = Path(split["label_table"])
+    if not table_path.is_file():
+        raise ExportError(f"{table_path}: the run's label table is gone; cannot describe the training data")
+    table = read_label_table(table_path, label_names)
     train_files = set(split["train"])
+    keep = [i for i, f in enumerate(table.filenames) if f in train_files]
+    if not keep:
+        raise ExportError(f"{table_path}: none of the run's training images are in its label table")
+    patients = [table.patient_ids[i] for i in keep]
+    positive = table.labels[keep] >= 0.5  # [N, L]
+    n = len(keep)
     all_files = sum(len(split[k]) for k in ("train", "val", "test"))
-    rows = []
-    if table_path.is_file() and table_path.suffix == ".csv":
-        with open(table_path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r["filename"] in train_files]
-    if not rows:
-        raise ExportError(f"{table_path}: cannot read the training label table to describe the data")
-    labels = np.array([[float(r[n] or 0) for n in label_names] for r in rows], dtype=np.float64)  # [N, L]
-    positive = labels >= 0.5
-    n = len(rows)
     sources = []
-    by_prefix = Counter(next((p for p in KNOWN_SOURCES if r["patient_id"].startswith(p)), "") for r in rows)
+    by_prefix = Counter(next((p for p in KNOWN_SOURCES if pid.startswith(p)), "") for pid in patients)
     for prefix, count in sorted(by_prefix.items(), key=lambda kv: -kv[1]):
         name, licence, attribution = KNOWN_SOURCES.get(
             prefix, (f"local data ({table_path})", "not stated", "")
         )
         sources.append({"name": name, "images": count, "licence": licence, "attribution": attribution})
     patterns = Counter(tuple(name for name, p in zip(label_names, row, strict=True) if p) for row in positive)
+    shares = "/".join(f"{round(100 * f):g}" for f in fractions)
     training_data = {
-        "description": f"{n} training images of {len({r['patient_id'] for r in rows})} patients from "
+        "description": f"{n} training images of {len(set(patients))} patients from "
         f"{table_path.parent.name}/{table_path.name}",
         "sources": sources,
         "images_total": all_files,
         "train_images": n,
-        "train_patients": len({r["patient_id"] for r in rows}),
-        "split": "patient-disjoint 80/10/10 train/validation/test by a hash of the patient id; only the "
+        "train_patients": len(set(patients)),
+        "split": f"patient-disjoint {shares} train/validation/test by a hash of the patient id; only the "
         "training split was shown to the GAN (the split is saved with the run as split.json)",
         "label_counts": {name: int(c) for name, c in zip(label_names, positive.sum(0), strict=True)},
         "no_finding_images": int((~positive.any(1)).sum()),
@@ -261,7 +265,7 @@ def training_data_summary(run_dir: Path, label_names: tuple[str, ...]) -> tuple[
 
 def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -> ModelCard:
     cfg, meta = info["cfg"], info["meta"]
-    training_data, label_prior = training_data_summary(info["run_dir"], cfg.label_names)
+    training_data, label_prior = training_data_summary(info["run_dir"], cfg.label_names, cfg.split)
     import onnxruntime
 
     software = {
