@@ -47,7 +47,7 @@ def _optimizer_tensors(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[st
     tensors = {}
     for index, entry in state["state"].items():
         for key, value in entry.items():
-            tensors[f"{prefix}/{index}/{key}"] = torch.as_tensor(value).contiguous().clone()
+            tensors[f"{prefix}/{index}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
     return tensors, state["param_groups"]
 
 
@@ -65,7 +65,7 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, g
 
 
 def _module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{prefix}/{k}": v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    return {f"{prefix}/{k}": v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
 
 
 def _restore_module(prefix: str, module: nn.Module, tensors: dict) -> None:
@@ -139,6 +139,7 @@ def generator_config(G: Generator, label_names: tuple[str, ...], channels: dict[
         "latent_dim": G.latent_dim,
         "label_names": list(label_names),
         "label_encoding": "continuous 0..1 per label; all zeros = no finding",
+        "label_embedding": G.label_embedding,
         "channels": {str(k): v for k, v in channels.items() if k <= G.resolution},
         "output": "one-channel image, about [-1, 1]; clamp, then (x + 1) * 127.5 gives 8-bit grey",
     }
@@ -146,7 +147,7 @@ def generator_config(G: Generator, label_names: tuple[str, ...], channels: dict[
 
 def save_generator(out_dir: Path, G: Generator, config: dict, extra: dict | None = None) -> None:
     """Write the generator alone: `generator.safetensors` and `generator.json` (config + provenance)."""
-    tensors = {k: v.detach().float().contiguous().clone() for k, v in G.state_dict().items()}
+    tensors = {k: v.detach().float().cpu().contiguous().clone() for k, v in G.state_dict().items()}
     atomic_write(out_dir / GENERATOR_WEIGHTS, save_safetensors(tensors))
     atomic_write(out_dir / GENERATOR_CONFIG, json.dumps({**config, **(extra or {})}, indent=1).encode())
 
@@ -160,6 +161,12 @@ def load_generator(model_dir: Path) -> tuple[Generator, dict]:
         )
     config = json.loads(config_path.read_text())
     channels = {int(k): v for k, v in config["channels"].items()}
-    G = Generator(config["resolution"], config["latent_dim"], len(config["label_names"]), channels)
+    G = Generator(
+        config["resolution"],
+        config["latent_dim"],
+        len(config["label_names"]),
+        channels,
+        config.get("label_embedding", False),
+    )
     G.load_state_dict(load_safetensors(weights.read_bytes()), strict=True)
     return G.eval().requires_grad_(False), config

@@ -46,6 +46,7 @@ class TrainConfig:
     gp_every: int = 1  # compute the penalty every k-th step (scaled by k); 1 = every step
     drift: float = 0.001
     label_weight: float = 1.0
+    label_embedding: bool = False  # the generator maps the labels to latent_dim features (see networks.py)
     mbstd_group: int = 4
     # Exponential moving average of the generator's weights; the averaged generator is exported.
     ema_beta: float = 0.999

@@ -95,7 +95,7 @@ def load_run_generator(source: Path) -> tuple[Generator, dict, Path]:
     cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
     meta = json.loads(meta_path.read_text())
     tensors = load_safetensors((meta_path.parent / meta["weights"]).read_bytes())
-    G = Generator(cfg.resolution, cfg.latent_dim, len(cfg.label_names), cfg.channels)
+    G = Generator(cfg.resolution, cfg.latent_dim, len(cfg.label_names), cfg.channels, cfg.label_embedding)
     G.load_state_dict({k.removeprefix("G_ema/"): v for k, v in tensors.items() if k.startswith("G_ema/")})
     info = {"cfg": cfg, "meta": meta, "run_dir": run_dir}
     return G.eval().requires_grad_(False), info, meta_path

@@ -23,7 +23,7 @@ def gradient_penalty(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """(||grad D(x_hat)|| - 1)^2 at random points between reals and fakes, always in fp32."""
-    eps = torch.rand(reals.shape[0], 1, 1, 1, generator=generator, device=reals.device)
+    eps = torch.rand(reals.shape[0], 1, 1, 1, generator=generator).to(reals.device)  # CPU generator
     mixed = torch.lerp(reals.float(), fakes.float(), eps).requires_grad_(True)  # [N, 1, R, R]
     with torch.autocast(device_type=reals.device.type, enabled=False):
         score, _ = D(mixed, level, alpha)

@@ -124,17 +124,31 @@ class Generator(nn.Module):
         latent_dim: size of the Gaussian latent (512 in the paper).
         num_labels: size of the label vector (14 NIH labels), each continuous in 0..1.
         channels:   feature maps per resolution, e.g. {4: 128, 8: 128, 16: 128, 32: 64, 64: 32}.
+        label_embedding: False (the paper): the labels are concatenated to the latent as they are, 14 of
+                    526 inputs. True: a dense layer first maps them to latent_dim features, normalised
+                    apart from the latent, so that labels and latent enter with equal weight.
     """
 
-    def __init__(self, resolution: int, latent_dim: int, num_labels: int, channels: dict[int, int]) -> None:
+    def __init__(
+        self,
+        resolution: int,
+        latent_dim: int,
+        num_labels: int,
+        channels: dict[int, int],
+        label_embedding: bool = False,
+    ) -> None:
         super().__init__()
         self.resolution = resolution
         self.latent_dim = latent_dim
         self.num_labels = num_labels
+        self.label_embedding = label_embedding
         self.max_level = level_of(resolution)
         c4 = channels[4]
+        if label_embedding:
+            self.embed = EqualizedLinear(num_labels, latent_dim, gain=1.0)
+        label_width = latent_dim if label_embedding else num_labels
         # 4x4: dense from the normalised (latent, labels) vector to a 4x4 map, then one 3x3 conv.
-        self.dense = EqualizedLinear(latent_dim + num_labels, c4 * 16, gain=math.sqrt(2) / 4)
+        self.dense = EqualizedLinear(latent_dim + label_width, c4 * 16, gain=math.sqrt(2) / 4)
         self.conv4 = EqualizedConv2d(c4, c4, 3)
         self.blocks = nn.ModuleDict()
         self.to_rgb = nn.ModuleDict({"4": EqualizedConv2d(c4, 1, 1, gain=1.0)})
@@ -149,7 +163,11 @@ class Generator(nn.Module):
         """z: [N, latent_dim], labels: [N, num_labels] -> images [N, 1, R, R] with R = 4 * 2**(level-1)."""
         level = self.max_level if level is None else level
         assert z.shape[1] == self.latent_dim and labels.shape[1] == self.num_labels, (z.shape, labels.shape)
-        x = pixel_norm(torch.cat([z, labels.to(z.dtype)], dim=1))  # [N, latent + labels]
+        labels = labels.to(z.dtype)
+        if self.label_embedding:
+            x = torch.cat([pixel_norm(z), pixel_norm(self.embed(labels))], dim=1)  # [N, 2 * latent]
+        else:
+            x = pixel_norm(torch.cat([z, labels], dim=1))  # [N, latent + labels]
         x = self.dense(x).view(x.shape[0], -1, 4, 4)  # [N, C4, 4, 4]
         x = pixel_norm(lrelu(x))
         x = pixel_norm(lrelu(self.conv4(x)))  # [N, C4, 4, 4]
@@ -160,7 +178,7 @@ class Generator(nn.Module):
         out = self.to_rgb[str(resolution_of(level))](x)  # [N, 1, R, R]
         if level > 1 and alpha < 1.0:
             skip = upsample2(self.to_rgb[str(resolution_of(level - 1))](previous))  # [N, 1, R, R]
-            out = torch.lerp(skip, out, alpha)
+            out = torch.lerp(skip.to(out.dtype), out, alpha)  # CUDA autocast upsamples in fp32
         return out
 
 
@@ -245,7 +263,7 @@ class Discriminator(nn.Module):
             x = self.blocks[str(res)](x)  # [N, C_res/2, R/2, R/2]
             if alpha < 1.0:
                 skip = lrelu(self.from_rgb[str(res // 2)](downsample2(images)))  # [N, C_res/2, R/2, R/2]
-                x = torch.lerp(skip, x, alpha)
+                x = torch.lerp(skip.to(x.dtype), x, alpha)
         for lv in range(level - 1, 1, -1):
             x = self.blocks[str(resolution_of(lv))](x)
         x = self.mbstd(x)  # [N, C4 + 1, 4, 4]

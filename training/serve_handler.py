@@ -52,7 +52,11 @@ class GeneratorHandler:
         self.config = json.loads((model_dir / "generator.json").read_text())
         channels = {int(k): v for k, v in self.config["channels"].items()}
         G = Generator(
-            self.config["resolution"], self.config["latent_dim"], len(self.config["label_names"]), channels
+            self.config["resolution"],
+            self.config["latent_dim"],
+            len(self.config["label_names"]),
+            channels,
+            self.config.get("label_embedding", False),
         )
         G.load_state_dict(load_file(model_dir / "generator.safetensors"), strict=True)
         self.G = G.eval().requires_grad_(False)

@@ -99,9 +99,11 @@ class Trainer:
         )
         torch.manual_seed(cfg.seed)  # network initialisation only; the run's own stream is `self.rng`
         n_labels = len(cfg.label_names)
-        self.G = Generator(cfg.resolution, cfg.latent_dim, n_labels, cfg.channels).to(self.device)
+        self.G = Generator(cfg.resolution, cfg.latent_dim, n_labels, cfg.channels, cfg.label_embedding)
+        self.G = self.G.to(self.device)
         self.D = Discriminator(cfg.resolution, n_labels, cfg.channels, cfg.mbstd_group).to(self.device)
-        self.G_ema = Generator(cfg.resolution, cfg.latent_dim, n_labels, cfg.channels).to(self.device)
+        self.G_ema = Generator(cfg.resolution, cfg.latent_dim, n_labels, cfg.channels, cfg.label_embedding)
+        self.G_ema = self.G_ema.to(self.device)
         self.G_ema.load_state_dict(self.G.state_dict())
         self.G_ema.requires_grad_(False).eval()
         for net in (self.G, self.D, self.G_ema):
