@@ -5,7 +5,7 @@ imports torch or the training code. Start it with `thorax serve`; settings come 
 environment variables (`service/settings.py`). Layout:
 
     app.py          create_app(settings): routers, problem+json errors, request ids, lifespan
-    routes/         health (healthz, readyz, metrics), jobs, models (cards, preview)
+    routes/         health (healthz, readyz, metrics), jobs, models (cards, preview, visualize)
     jobs.py         JobManager: submit, resume, the inference -> encode -> upload pipeline, manifests
     labels.py       request labels -> one label vector per image (vectors, names, per image, prior)
     imaging.py      area downsampling, deterministic PNG and DICOM encoders, the preview grid

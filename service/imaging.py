@@ -31,9 +31,10 @@ def downsample(images: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """uint8 [H, W] -> 8-bit greyscale PNG."""
+    """uint8 [H, W] -> 8-bit greyscale PNG; uint8 [H, W, 3] -> 8-bit RGB PNG."""
     buf = io.BytesIO()
-    Image.fromarray(image, "L").save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    mode = "RGB" if image.ndim == 3 else "L"
+    Image.fromarray(image, mode).save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
     return buf.getvalue()
 
 

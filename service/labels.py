@@ -27,14 +27,18 @@ def _value(field: str, value: object) -> float:
     return float(value)
 
 
+def named(field: str, name: str, label_names: list[str]) -> str:
+    """The model's spelling of a label name a request gave (any case, spaces for underscores)."""
+    try:
+        return canonical_label(name, label_names)
+    except KeyError:
+        raise FieldProblem(field, f"unknown label {name!r}; known: {', '.join(label_names)}") from None
+
+
 def _named(field: str, mapping: dict, label_names: list[str]) -> dict[str, float]:
     out = {}
     for name, value in mapping.items():
-        try:
-            label = canonical_label(name, label_names)
-        except KeyError:
-            raise FieldProblem(f"{field}.{name}", f"unknown label; known: {', '.join(label_names)}") from None
-        out[label] = _value(f"{field}.{name}", value)
+        out[named(f"{field}.{name}", name, label_names)] = _value(f"{field}.{name}", value)
     return out
 
 

@@ -169,3 +169,32 @@ def test_the_async_twin_does_the_same(gateway_app) -> None:
     status, samples, manifest = asyncio.run(scenario())
     assert status.state == "succeeded" and len(samples) == 7 and manifest.images == 7
     assert all(s.labels["Mass"] == 1.0 for s in samples)
+
+
+def test_visualize_returns_the_gateway_png_and_checks_arguments_first(gateway_app) -> None:
+    app, test_client = gateway_app
+    with Client("http://testserver", api_key="sesame", transport=test_client._transport) as client:
+        strip = client.visualize("transitions", "cardiomegaly", values=[0, 1], seed=2)
+        maps = client.visualize("difference", ["Mass", "edema"], seed=2, resolution=8)
+        with pytest.raises(RequestError, match="unknown label 'Covid'"):
+            client.visualize("difference", "Covid")
+        with pytest.raises(NotFoundError):
+            client.visualize("difference", "Mass", model="no-such-model")
+        with pytest.raises(ValueError, match="invalid visualize request"):
+            client.visualize("histogram", "Mass")  # never sent
+    direct = test_client.post(
+        "/v1/visualize",
+        json={"kind": "transitions", "label": "Cardiomegaly", "values": [0, 1], "seed": 2},
+        headers={"X-API-Key": "sesame"},
+    )
+    assert strip == direct.content and Image.open(io.BytesIO(strip)).size == (2 * 18 + 2, 20)
+    assert (
+        Image.open(io.BytesIO(maps)).size == (3 * 10, 2 * 10) and Image.open(io.BytesIO(maps)).mode == "RGB"
+    )
+
+    async def scenario() -> bytes:
+        transport = httpx.ASGITransport(app=app)
+        async with AsyncClient("http://testserver", api_key="sesame", transport=transport) as client:
+            return await client.visualize("transitions", "Cardiomegaly", values=[0, 1], seed=2)
+
+    assert asyncio.run(scenario()) == strip

@@ -19,6 +19,7 @@ from service.app import create_app
 from service.settings import Settings
 from tests.gateway_helpers import TERMINAL, read_with_webdataset, samples, sha256, wait_for_job, wait_until
 from thorax.labels import NIH_LABELS
+from thorax.pictures import difference_overlay
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -230,7 +231,8 @@ def test_api_keys_guard_every_route_but_health(tmp_path: Path) -> None:
     with TestClient(create_app(settings(tmp_path, api_keys="k1, k2"))) as client:
         assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
         for method, path in [("get", "/v1/models"), ("get", "/v1/jobs"), ("get", "/metrics"),
-                             ("post", "/generate"), ("post", "/v1/preview")]:  # fmt: skip
+                             ("post", "/generate"), ("post", "/v1/preview"),
+                             ("post", "/v1/visualize")]:  # fmt: skip
             response = getattr(client, method)(path)
             assert response.status_code == 401, path
             assert response.headers["content-type"] == "application/problem+json"
@@ -253,7 +255,8 @@ def test_models_preview_openapi_health_and_metrics(client: TestClient) -> None:
 
     paths = client.get("/openapi.json").json()["paths"]
     for path in ["/generate", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/manifest", "/v1/models",
-                 "/v1/models/{name}", "/v1/preview", "/healthz", "/readyz", "/metrics"]:  # fmt: skip
+                 "/v1/models/{name}", "/v1/preview", "/v1/visualize", "/healthz", "/readyz",
+                 "/metrics"]:  # fmt: skip
         assert path in paths, path
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["models"] == ["tiny/1"]
@@ -265,6 +268,104 @@ def test_models_preview_openapi_health_and_metrics(client: TestClient) -> None:
                  'thorax_jobs{state="succeeded"}', "thorax_queue_depth", "thorax_errors_total"]:  # fmt: skip
         assert name in text, name
     assert status["id"] not in text and "seed" not in text
+
+
+def picture(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "PNG"
+    return np.asarray(image)
+
+
+def test_visualize_draws_transition_strips_of_one_latent(client: TestClient) -> None:
+    body = {"kind": "transitions", "label": "cardiomegaly", "seed": 3}
+    first = client.post("/v1/visualize", json=body)
+    strip = picture(first)  # 4 tiles of 16 px, 2 px black around and between
+    assert strip.shape == (16 + 4, 4 * 18 + 2) and strip.dtype == np.uint8
+    assert first.headers["x-thorax-seed"] == "3"
+    assert client.post("/v1/visualize", json=body).content == first.content
+    assert client.post("/v1/visualize", json={**body, "seed": 4}).content != first.content
+    tiles = [strip[2:18, 2 + 18 * i : 18 + 18 * i] for i in range(4)]
+    assert any((tiles[0] != t).any() for t in tiles[1:])  # the label changes the image
+
+    rows = picture(
+        client.post(
+            "/v1/visualize",
+            json={
+                "kind": "transitions",
+                "labels": ["Mass", "pleural thickening"],
+                "values": [0, 1],
+                "resolution": 8,
+            },
+        )
+    )
+    assert rows.shape == (2 * 10 + 2, 2 * 10 + 2)
+    np.testing.assert_array_equal(rows[2:10, 2:10], rows[12:20, 2:10])  # value 0: the same healthy image
+
+
+def test_visualize_draws_difference_maps_beside_the_strip(client: TestClient) -> None:
+    strip = picture(
+        client.post("/v1/visualize", json={"kind": "transitions", "label": "Effusion", "seed": 3})
+    )
+    body = {"kind": "difference", "label": "EFFUSION", "seed": 3}
+    response = client.post("/v1/visualize", json=body)
+    maps = picture(response)  # healthy | diseased | overlay, 1 px black around each tile
+    assert maps.shape == (18, 3 * 18, 3)
+    assert client.post("/v1/visualize", json=body).content == response.content
+    healthy, diseased, overlay = (maps[1:17, 1 + 18 * i : 17 + 18 * i] for i in range(3))
+    assert (healthy[..., 0] == healthy[..., 2]).all() and (diseased[..., 0] == diseased[..., 1]).all()
+    np.testing.assert_array_equal(healthy[..., 0], strip[2:18, 2:18])  # value 0 of the strip
+    np.testing.assert_array_equal(diseased[..., 0], strip[2:18, 56:72])  # value 1 of the strip
+    np.testing.assert_array_equal(overlay, difference_overlay(healthy[..., 0], diseased[..., 0]))
+
+    several = picture(
+        client.post("/v1/visualize", json={"kind": "difference", "labels": ["Mass", "Edema"], "value": 0.5})
+    )
+    assert several.shape == (2 * 18, 3 * 18, 3)
+    np.testing.assert_array_equal(several[1:17, 1:17], several[19:35, 1:17])  # one healthy image
+    nan_body = b'{"kind": "difference", "label": "Mass", "value": NaN}'
+    nan = client.post("/v1/visualize", content=nan_body, headers={"content-type": "application/json"})
+    assert nan.status_code == 422 and nan.json()["errors"][0]["field"] == "value"
+    nothing = picture(client.post("/v1/visualize", json={"kind": "difference", "label": "Mass", "value": 0}))
+    np.testing.assert_array_equal(
+        nothing[:, 36:], nothing[:, :18]
+    )  # no change: the overlay is the healthy grey
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({"kind": "transitions", "label": "Covid"}, 422, "label"),
+        ({"kind": "difference", "labels": ["Mass", "nope"]}, 422, "labels.1"),
+        ({"kind": "transitions"}, 422, "label"),
+        ({"kind": "transitions", "label": "Mass", "labels": ["Mass"]}, 422, "label"),
+        ({"kind": "transitions", "labels": []}, 422, "labels"),
+        ({"kind": "transitions", "label": "Mass", "values": [0, 1.5]}, 422, "values.1"),
+        ({"kind": "transitions", "label": "Mass", "value": 1}, 422, "value"),
+        ({"kind": "difference", "label": "Mass", "values": [1]}, 422, "values"),
+        ({"kind": "difference", "label": "Mass", "value": -0.1}, 422, "value"),
+        ({"kind": "difference", "label": "Mass", "value": True}, 422, "value"),
+        ({"kind": "histogram", "label": "Mass"}, 422, "kind"),
+        ({"label": "Mass"}, 422, "kind"),
+        ({"kind": "difference", "label": "Mass", "resolution": 32}, 422, "resolution"),
+        ({"kind": "difference", "label": "Mass", "seed": -1}, 422, "seed"),
+        ({"kind": "difference", "label": "Mass", "colour": "red"}, 422, "colour"),
+        ({"kind": "difference", "label": "Mass", "model": "no-such-model"}, 404, "model"),
+        ({"kind": "difference", "label": "Mass", "model": "tiny/9"}, 404, "model"),
+        ({"kind": "transitions", "labels": ["Mass", "Edema", "Hernia", "Nodule", "Mass"]}, 429, "labels"),
+        ({"kind": "transitions", "label": "Mass", "values": [0.5] * 17}, 429, "values"),
+    ],
+)
+def test_visualize_bad_input_is_a_problem_naming_the_field(
+    client: TestClient, body: dict, status: int, field: str
+) -> None:
+    response = client.post("/v1/visualize", json=body, headers={"X-Request-ID": "req-7"})
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status and problem["request_id"] == "req-7"
+    assert field in [e["field"] for e in problem["errors"]], problem
 
 
 def test_a_restarted_gateway_resumes_unfinished_jobs(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from thorax.latents import latents_for
+from thorax.pictures import tile_grid
 from training.networks import Generator
 
 
@@ -20,13 +21,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def grid_image(tiles: np.ndarray, pad: int = 2) -> Image.Image:
     """uint8 [rows, cols, H, W] -> one grey image with `pad` black pixels between tiles."""
-    rows, cols, h, w = tiles.shape
-    canvas = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
-            canvas[y : y + h, x : x + w] = tiles[r, c]
-    return Image.fromarray(canvas, mode="L")
+    return Image.fromarray(tile_grid(tiles, pad), mode="L")
 
 
 def grid_conditions(label_names: tuple[str, ...] | list[str]) -> tuple[list[str], torch.Tensor]:
@@ -46,10 +41,11 @@ def sample_grid(
     at every stage. Low-resolution stages can be enlarged (nearest) to `upscale_to` pixels per tile.
     """
     _, conditions = grid_conditions([str(i) for i in range(G.num_labels)])
-    z = torch.from_numpy(latents_for(seed, range(columns), G.latent_dim))  # [C, Z]
+    device = next(G.parameters()).device
+    z = torch.from_numpy(latents_for(seed, range(columns), G.latent_dim)).to(device)  # [C, Z]
     rows = []
     for cond in conditions:
-        images = G(z, cond.expand(columns, -1).contiguous(), level, alpha)  # [C, 1, r, r]
+        images = G(z, cond.expand(columns, -1).contiguous().to(device), level, alpha)  # [C, 1, r, r]
         if upscale_to and images.shape[-1] < upscale_to:
             images = torch.nn.functional.interpolate(images, size=upscale_to, mode="nearest")
         rows.append(to_uint8(images))

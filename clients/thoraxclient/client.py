@@ -31,6 +31,7 @@ from thoraxclient.schemas import (
     Problem,
     ShardEntry,
     ShardList,
+    VisualizeRequest,
 )
 from thoraxclient.shards import Sample, iter_shard
 
@@ -65,6 +66,16 @@ def _job_request(count: int, labels: Any, **fields: Any) -> dict:
         body = JobRequest(count=count, labels=labels, **fields)
     except ValidationError as exc:
         raise ValueError(f"invalid job request: {exc}") from None
+    return body.model_dump(mode="json", exclude_none=True)
+
+
+def _visualize_request(kind: str, label: str | list[str], **fields: Any) -> dict:
+    """The JSON body of a picture, validated here so that a bad argument fails before any request."""
+    named = {"label": label} if isinstance(label, str) else {"labels": list(label)}
+    try:
+        body = VisualizeRequest(kind=kind, **named, **fields)
+    except ValidationError as exc:
+        raise ValueError(f"invalid visualize request: {exc}") from None
     return body.model_dump(mode="json", exclude_none=True)
 
 
@@ -144,6 +155,17 @@ class Client(_Base):
     def model_card(self, name: str) -> ModelCard:
         """A model's card: NAME (its newest version) or NAME/VERSION."""
         return ModelCard.model_validate_json(self._request("GET", f"/v1/models/{name}").content)
+
+    def visualize(self, kind: str, label: str | list[str], **fields: Any) -> bytes:
+        """The paper's pictures of one latent (image 0 of `seed`) as PNG bytes, a row per label.
+
+        `kind` is "transitions" (the label alone going through `values`, default 0, .3, .6, 1) or
+        "difference" (healthy | the label at `value`, default 1 | their difference over the healthy image,
+        red brighter and blue darker). `label` is one label name or a list of them (any case); `fields` are
+        VisualizeRequest's (model, values, value, seed, resolution).
+        """
+        body = _visualize_request(kind, label, **fields)
+        return self._request("POST", "/v1/visualize", json=body).content
 
     def generate(self, count: int, labels: Any = None, **fields: Any) -> JobStatus:
         """Start a job of `count` images; `fields` are JobRequest's (model, resolution, seed, format,
@@ -281,6 +303,11 @@ class AsyncClient(_Base):
     async def model_card(self, name: str) -> ModelCard:
         """A model's card: NAME (its newest version) or NAME/VERSION."""
         return ModelCard.model_validate_json((await self._request("GET", f"/v1/models/{name}")).content)
+
+    async def visualize(self, kind: str, label: str | list[str], **fields: Any) -> bytes:
+        """The paper's pictures of one latent as PNG bytes (see `Client.visualize`)."""
+        body = _visualize_request(kind, label, **fields)
+        return (await self._request("POST", "/v1/visualize", json=body)).content
 
     async def generate(self, count: int, labels: Any = None, **fields: Any) -> JobStatus:
         """Start a job of `count` images (see `Client.generate`)."""

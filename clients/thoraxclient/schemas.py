@@ -1,5 +1,6 @@
 """The gateway's wire schemas: the single definition of what `POST /generate` accepts and what the job,
-manifest and preview routes answer. The gateway validates with these models and the SDK reads with them.
+manifest, preview and visualize routes answer. The gateway validates with these models and the SDK reads
+with them.
 
 Pydantic and the standard library only, so that the SDK installs without the service's dependencies.
 """
@@ -7,7 +8,7 @@ Pydantic and the standard library only, so that the SDK installs without the ser
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -157,6 +158,33 @@ class PreviewRequest(_Strict):
     seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
     labels: LabelVector | list[LabelVector] | LabelPrior | None = None
     resolution: int | None = Field(default=None, ge=4)
+
+
+TRANSITION_VALUES: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0)  # the paper's Figure 5
+LabelValue = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False, strict=True)]  # not true, not "1"
+
+
+class VisualizeRequest(_Strict):
+    """`POST /v1/visualize`: the paper's pictures of one latent (image 0 of `seed`) as a PNG, a row per label.
+
+    `transitions` (Figure 5): the label alone going through `values`, left to right (greyscale).
+    `difference` (Figure 6): healthy (all labels 0) | diseased (the label alone at `value`) | the difference
+    over the healthy image, red where the diseased image is brighter and blue where darker (RGB).
+    Name one label with `label` or several with `labels`; names match in any case, spaces for underscores.
+    """
+
+    model: str | None = None
+    kind: Literal["transitions", "difference"]
+    label: str | None = Field(default=None, description="one label name; or give `labels`")
+    labels: list[str] | None = Field(default=None, min_length=1, description="label names, a row each")
+    values: list[LabelValue] | None = Field(
+        default=None, min_length=1, description="transitions only: the label's values; default 0, .3, .6, 1"
+    )
+    value: LabelValue | None = Field(
+        default=None, description="difference only: the diseased value; default 1"
+    )
+    seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
+    resolution: int | None = Field(default=None, ge=4, description="tile size; at most the model's")
 
 
 class ModelSummary(_Strict):
