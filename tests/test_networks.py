@@ -78,3 +78,22 @@ def test_minibatch_std_appends_one_feature_map_that_reflects_variation() -> None
     assert out.shape == (8, 4, 4, 4)
     assert out[:, 3].abs().max() < 1e-3  # identical images: no spread
     assert layer(torch.randn(8, 3, 4, 4))[:, 3].mean() > 0.5
+
+
+def test_label_embedding_generator_round_trips_and_folds(tmp_path) -> None:
+    from training.checkpoint import generator_config, load_generator, save_generator
+    from training.networks import fold_equalized_lr
+
+    torch.manual_seed(1)
+    G = Generator(32, LATENT, LABELS, CHANNELS, label_embedding=True).eval()
+    assert G.embed.weight.shape == (LATENT, LABELS) and G.dense.weight.shape[1] == 2 * LATENT
+    z = torch.randn(4, LATENT)
+    healthy, sick = torch.zeros(4, LABELS), torch.zeros(4, LABELS)
+    sick[:, 1] = 1.0
+    with torch.no_grad():
+        out = G(z, sick)
+        assert out.shape == (4, 1, 32, 32) and not torch.allclose(out, G(z, healthy))
+        save_generator(tmp_path, G, generator_config(G, tuple(f"l{i}" for i in range(LABELS)), CHANNELS))
+        loaded, config = load_generator(tmp_path)
+        assert config["label_embedding"] is True and torch.equal(loaded(z, sick), out)
+        assert torch.allclose(fold_equalized_lr(loaded)(z, sick), out, atol=1e-5)
