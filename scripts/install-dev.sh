@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet torch==2.13.0
-.venv/bin/python -m pip install --quiet -e ".[training,torchserve,service,client,test]"
+.venv/bin/python -m pip install --quiet -e ".[training,evaluate,torchserve,service,client,test]"
 # DICOM validation in the gateway tests: dciodvfy from Debian's dicom3tools (skipped when present).
 if ! command -v dciodvfy >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -1,21 +1,36 @@
-"""`thorax evaluate`: the memorisation check on cases with a known answer, and what it writes."""
+"""`thorax evaluate`: each check on cases with a known answer, and what the command writes."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from thoraxclient.model_card import ModelCard
 
+from thorax.errors import UserError
 from thorax.labels import NIH_LABELS
 from thorax.store import open_model
+from training import classifier as clf
 from training.data import RadiographSet
-from training.evaluate import SsimIndex, evaluate_model, memorisation
+from training.evaluate import (
+    CHECKS,
+    EvalOptions,
+    MsSsimIndex,
+    SsimIndex,
+    controllability,
+    evaluate_model,
+    memorisation,
+    similarity_index,
+    train_on_synthetic,
+    two_sample_test,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +72,121 @@ def test_a_generator_that_returns_training_images_is_flagged(splits) -> None:
     )
 
 
+def test_ms_ssim_is_used_from_176_px_and_finds_copies(data_dir: Path) -> None:
+    train = RadiographSet(data_dir, 176, NIH_LABELS, "train", limit=40)
+    heldout = RadiographSet(data_dir, 176, NIH_LABELS, "test", limit=20)
+    refs = train.images_at(176)
+    index = similarity_index(refs)
+    assert isinstance(index, MsSsimIndex) and isinstance(similarity_index(refs[:, :, :128, :128]), SsimIndex)
+    scores = index.ssim(refs[3])
+    assert scores[3].item() == pytest.approx(1.0, abs=1e-4) and (np.delete(scores.numpy(), 3) < 0.99).all()
+    with pytest.raises(ValueError, match="176"):
+        MsSsimIndex(refs[:, :, :160, :160])
+
+    def copier(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return refs[(z[:, 0].abs() * 1000).long() % len(refs)]
+
+    result, _ = memorisation(copier, 8, train, heldout, 176, count=6, seed=1)
+    assert result["metric"] == "MS-SSIM" and result["flagged"] == 6
+
+
+@pytest.fixture(scope="module")
+def small_splits(data_dir: Path) -> dict[str, RadiographSet]:
+    return {
+        s: RadiographSet(data_dir, 16, NIH_LABELS, s, limit=n) for s, n in (("train", 400), ("val", 120))
+    } | {"test": RadiographSet(data_dir, 16, NIH_LABELS, "test")}
+
+
+def test_two_sample_test_is_near_chance_for_one_distribution_and_sure_for_two(small_splits) -> None:
+    reals = small_splits["train"].images_at(16)
+    opts = EvalOptions(epochs=4, bootstrap=500)
+    same = two_sample_test(reals[0:400:2], reals[1:400:2], opts)  # interleaved: the table is sorted by source
+    assert 0.35 <= same["accuracy"] <= 0.65 and same["auc_low"] < 0.5 < same["auc_high"]
+    noise = torch.rand(200, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    apart = two_sample_test(reals[:200], noise, opts)
+    assert apart["accuracy"] >= 0.95 and apart["auc"] >= 0.98
+
+
+def test_a_generator_that_returns_the_training_set_gives_a_synthetic_over_real_ratio_of_one(
+    small_splits,
+) -> None:
+    train, val, test = small_splits["train"], small_splits["val"], small_splits["test"]
+    opts = EvalOptions(epochs=2, bootstrap=300)
+    names = list(NIH_LABELS)
+    reals = train.images_at(16)
+    real = clf.train_classifier(reals, train.labels, val.images_at(16), val.labels, epochs=2, seed=0)
+    # "synthetic" images that are the training images with their own labels: the same classifier results
+    result, _ = train_on_synthetic(
+        names, real, reals, train.labels, reals.clone(), val, test, 16, opts, print
+    )
+    assert result["labels_reported"], "the test split has labels with enough positives"
+    assert set(result["ratio_synthetic_over_real"].values()) == {1.0}
+    assert result["real_trained"] == result["synthetic_trained"]
+    too_few = result["labels_with_too_few_test_positives"]
+    assert all(count < opts.min_positives for count in too_few.values()) and "Hernia" in too_few
+    for name in result["labels_reported"]:
+        entry = result["real_trained"][name]
+        assert entry["low"] <= entry["auc"] <= entry["high"] and entry["positives"] >= opts.min_positives
+
+
+class _Brightness(torch.nn.Module):
+    """A 'classifier' whose every logit is 10x the mean brightness: monotone in what the generator draws."""
+
+    def __init__(self, outputs: int) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 10 * x.mean(dim=(1, 2, 3)).unsqueeze(1).expand(-1, self.outputs)
+
+
+def test_the_sweep_gives_a_rank_correlation_of_one_for_a_monotone_response() -> None:
+    names = list(NIH_LABELS)
+
+    def brighter(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # label value -> brightness
+        base = 0.01 * z[:, :1, None, None].expand(-1, 1, 8, 8)
+        return base + labels.sum(1).view(-1, 1, 1, 1) - 0.5
+
+    opts = EvalOptions(sweep_steps=6, sweep_latents=4)
+    result = controllability(brighter, 8, names, _Brightness(len(names)), 8, opts)
+    assert result["values"] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    for entry in result["labels"].values():
+        assert entry["spearman_mean_score"] == 1.0 and entry["spearman_per_latent_mean"] == 1.0
+        assert entry["score_at_1"] > entry["score_at_0"]
+
+    def flat(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # ignores the labels entirely
+        return 0.01 * z[:, :1, None, None].expand(-1, 1, 8, 8)
+
+    ignored = controllability(flat, 8, names, _Brightness(len(names)), 8, opts)
+    assert all(math.isnan(e["spearman_mean_score"]) for e in ignored["labels"].values())
+
+
+def test_the_command_knows_the_same_checks() -> None:
+    from thorax import cli
+
+    assert cli.CHECKS == CHECKS
+
+
 def test_evaluate_writes_results_figures_and_the_card(
     tiny_store: Path, tmp_path: Path, data_dir: Path
 ) -> None:
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)
-    evaluation = evaluate_model("tiny/1", data_dir, count=30, store=store, progress=lambda _: None)
+    opts = EvalOptions(count=30, epochs=1, bootstrap=200)
+    evaluation = evaluate_model("tiny/1", data_dir, opts, store=store, progress=lambda _: None)
     model = open_model("tiny/1", store)  # still verifies: the checksums were rewritten
     saved = json.loads((model.path / "evaluation.json").read_text())
     assert saved["memorisation"]["generated"] == 30 == evaluation["memorisation"]["generated"]
     assert saved["memorisation"]["heldout_real"] > 100  # the patient-disjoint test split
+    checks = saved["classifier_checks"]
+    assert checks["train_on_synthetic_test_on_real"]["train_images"] > 1000
+    assert 0 <= checks["two_sample_test"]["accuracy"] <= 1
+    assert checks["feature_distances"]["frechet_train_vs_test"] >= 0
+    assert len(checks["label_correlation"]["order"]) == 14
+    assert set(saved["timings_s"]) >= {"memorisation_s", "classifier_real_s", "two_sample_s", "pictures_s"}
     card = ModelCard.model_validate(model.card())
     assert card.evaluation["memorisation_flagged"].endswith("of 30")
-    assert "train on synthetic, test on real" in card.evaluation["not_computed_yet"]
+    assert card.evaluation["two_sample_accuracy"] == checks["two_sample_test"]["accuracy"]
     for name in saved["figures"]:
         with Image.open(model.path / name) as im:
             assert im.width > 16 and im.height > 16
@@ -77,3 +194,27 @@ def test_evaluate_writes_results_figures_and_the_card(
         assert im.size == (4 * 18 + 2, 14 * 18 + 2)  # 14 labels x 4 values of 16 px
     with Image.open(model.path / "eval_transitions.gif") as im:
         assert im.n_frames == 20
+
+
+def test_evaluate_runs_only_the_checks_asked_for(tiny_store: Path, tmp_path: Path, data_dir: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    evaluation = evaluate_model(
+        "tiny/1", data_dir, EvalOptions(checks=("pictures",)), store=store, progress=lambda _: None
+    )
+    assert "memorisation" not in evaluation and "classifier_checks" not in evaluation
+    assert "eval_difference_maps.png" in evaluation["figures"]
+    with pytest.raises(ValueError, match="unknown check"):
+        evaluate_model("tiny/1", data_dir, EvalOptions(checks=("speed",)), store=store)
+
+
+def test_both_classifier_architectures_train_and_give_features(small_splits) -> None:
+    train = small_splits["train"]
+    images, labels = F.interpolate(train.images_at(16)[:32], size=32), train.labels[:32]
+    with pytest.raises(UserError, match="32 px"):
+        clf.train_classifier(train.images_at(16)[:8], labels[:8], architecture="densenet121")
+    for architecture, dim in (("small", 128), ("densenet121", 1024)):
+        result = clf.train_classifier(images, labels, architecture=architecture, epochs=1, batch=16)
+        scores = clf.predict(result.model, images)
+        assert scores.shape == (32, 14) and ((scores >= 0) & (scores <= 1)).all()
+        assert clf.features(result.model, images).shape == (32, dim)

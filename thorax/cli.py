@@ -182,15 +182,34 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate_model
+CHECKS = ("memorisation", "classifier", "pictures")  # training.evaluate.CHECKS, without importing torch
 
-    evaluation = evaluate_model(args.model, Path(args.data), count=args.count, seed=args.seed)
-    memo = evaluation["memorisation"]
-    print(
-        f"wrote evaluation.json and {len(evaluation['figures'])} figures; generated-vs-train SSIM median "
-        f"{memo['generated_vs_train']['median']}, held-out-vs-train {memo['heldout_vs_train']['median']}"
+
+def _check_list(text: str) -> list[str]:
+    checks = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in checks if c not in CHECKS]
+    if not checks or unknown:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(CHECKS)}, got {text!r}")
+    return checks
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import EvalOptions, evaluate_model
+
+    opts = EvalOptions(
+        count=args.count,
+        seed=args.seed,
+        checks=tuple(args.checks),
+        classifier=args.classifier,
+        epochs=args.epochs,
+        classifier_px=args.classifier_px,
+        bootstrap=args.bootstrap,
+        min_positives=args.min_positives,
     )
+    evaluation = evaluate_model(
+        args.model, Path(args.data), opts, store=Path(args.store) if args.store else None
+    )
+    print(f"wrote evaluation.json and {len(evaluation['figures'])} figures into the model's folder and card")
     return 0
 
 
@@ -329,13 +348,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("evaluate", help="memorisation check and pictures of a stored model, into its card")
+    p = sub.add_parser("evaluate", help="the paper's checks of a stored model, into its folder and card")
     p.add_argument("model", nargs="?", help="NAME[/VERSION] (default: the default model)")
     p.add_argument(
         "--data", default=str(DEFAULT_DATA), help="the training data (its patient split is rebuilt)"
     )
-    p.add_argument("--count", type=_positive_int, default=1000, help="generated images to check")
+    p.add_argument("--store", help="model store folder (default: the repository's model_store/)")
+    p.add_argument("--count", type=_positive_int, default=1000, help="generated images to check for copies")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--checks", type=_check_list, default=list(CHECKS), metavar="LIST",
+        help=f"comma-separated, any of {','.join(CHECKS)} (default: all)",
+    )  # fmt: skip
+    p.add_argument("--classifier", choices=["small", "densenet121"], default="small",
+                   help="classifier for the classifier checks (densenet121 needs MONAI)")  # fmt: skip
+    p.add_argument("--epochs", type=_positive_int, default=15, help="training epochs of each classifier")
+    p.add_argument("--classifier-px", type=_positive_int, default=64, help="classifier input side")
+    p.add_argument("--bootstrap", type=_positive_int, default=10_000, help="resamples per AUC interval")
+    p.add_argument("--min-positives", type=_positive_int, default=5,
+                   help="test positives a label needs for its AUC to be reported")  # fmt: skip
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("configs", help="list the training configs")

@@ -1,24 +1,36 @@
-"""`thorax evaluate`: the paper's checks that need no classifier, written beside the model.
+"""`thorax evaluate`: the paper's checks of a generator, written beside the model and into its card.
 
-- **Memorisation** (the paper's Figure 2 I/J): for N generated images, the nearest training image by
-  SSIM, next to the same statistic for held-out real images (the test split) against the training set.
-  Generated images above the real-vs-real 99.9th percentile are flagged and shown with their three
-  nearest training images. At 64 px MS-SSIM's five scales do not fit an 11-pixel window, so single-scale
-  SSIM is used below 176 px.
-- **Pictures**: pathology transitions (one latent, one label 0 -> 0.3 -> 0.6 -> 1.0, every label;
-  Figure 5) as PNG and GIF, difference maps (diseased minus healthy over the healthy image; Figure 6),
-  and a Cardiomegaly x Effusion grid (Figure S1).
+- **Memorisation** (Figure 2 I/J): for N generated images, the nearest training image by SSIM (MS-SSIM
+  from 176 px up, where its five scales fit the 11-pixel window), next to the same statistic for
+  held-out real images (the test split). Generated images above the real-vs-real 99.9th percentile are
+  flagged and shown with their three nearest training images.
+- **Classifier checks** (`training/classifier.py` trains the classifiers here, on the run's split):
+  - train on synthetic, test on real: one classifier on the real training split, one on as many
+    generated images with the same label vectors; per-label AUC on the real test split with bootstrap
+    intervals, and the synthetic/real ratio. Labels with too few test positives are listed apart.
+  - label fidelity: the real-trained classifier's AUC on generated images against their conditions;
+    and the controllability sweep: one latent, one label raised 0 -> 1, the classifier's score for it,
+    with Spearman's rank correlation.
+  - two-sample test: a classifier trained to tell real from generated, its held-out accuracy and AUC.
+  - feature distances: Fréchet distance and KID between generated and real test images in the
+    real-trained classifier's feature space, with real-train-vs-real-test as the floor.
+  - label correlation matrix (Figure 7): generated images with one label drawn uniformly in 0..1,
+    scored by the classifier, Pearson correlation per label pair, clustered; beside the same matrix for
+    the real test images.
+- **Pictures**: transitions (one latent, one label 0 -> 0.3 -> 0.6 -> 1.0, every label; Figure 5) as
+  PNG and GIF, difference maps (Figure 6), and a Cardiomegaly x Effusion grid (Figure S1).
 
-Results go to `evaluation.json` and `eval_*.png|gif` in the model's folder; the card's `evaluation`
-section is filled and `SHA256SUMS` rewritten. The classifier-based checks (train on synthetic, test on
-real; label fidelity; two-sample test; feature distances) are not implemented yet and are listed as such.
+Every measurement is timed. Results go to `evaluation.json` and `eval_*.png|gif` in the model's folder;
+the card's `evaluation` section is filled and `SHA256SUMS` rewritten.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +40,66 @@ from PIL import Image
 from thoraxclient.model_card import ModelCard
 
 from thorax.latents import latents_for
+from thorax.pictures import difference_row, heatmap, tile_grid
 from thorax.store import StoredModel, open_model, store_root, write_sums
+from training import classifier as clf
 from training.checkpoint import load_generator
 from training.data import RadiographSet
 from training.export import card_markdown
+from training.metrics import (
+    bootstrap_auc,
+    cluster_order,
+    frechet_distance,
+    kernel_inception_distance,
+    pearson_matrix,
+    roc_auc,
+    spearman,
+)
 from training.sample import grid_image, to_uint8
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 C1, C2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2  # images span [-1, 1]: a data range of 2
-NOT_YET = ["train on synthetic, test on real", "label fidelity", "two-sample test", "feature distances"]
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
+MS_SSIM_MIN_SIDE = 176  # from here on the coarsest scale (side / 16) still fits the 11-pixel window
+CHECKS = ("memorisation", "classifier", "pictures")
+# Latent streams (seeds derived from the user's seed) so that no two checks share generated images.
+STREAM_MEMORISATION, STREAM_SYNTHETIC, STREAM_SWEEP, STREAM_CORRELATION = 0, 1, 2, 3
 
 Generate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z, labels) -> images in [-1, 1]
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `thorax evaluate` measures, and how hard.
+
+    Args:
+        count:           generated images for the memorisation check.
+        seed:            the user's seed; each check draws its latents from its own stream of it.
+        checks:          any of memorisation, classifier, pictures.
+        classifier:      classifier architecture: small (default) or densenet121 (needs MONAI).
+        epochs:          training epochs of each classifier.
+        classifier_px:   side of the classifiers' input (the model's resolution if smaller).
+        bootstrap:       resamples of each bootstrap interval (10,000 in the paper).
+        min_positives:   test positives a label needs to be reported with an AUC.
+        sweep_steps:     values of a label in the controllability sweep (0 to 1).
+        sweep_latents:   latents averaged in the sweep.
+        correlation_images: generated images per label for the correlation matrix.
+    """
+
+    count: int = 1000
+    seed: int = 0
+    checks: tuple[str, ...] = CHECKS
+    classifier: str = "small"
+    epochs: int = 15
+    classifier_px: int = 64
+    bootstrap: int = 10_000
+    min_positives: int = 5
+    sweep_steps: int = 11
+    sweep_latents: int = 16
+    correlation_images: int = 100
+
+
+# ---- SSIM and MS-SSIM --------------------------------------------------------------------------
 def _window(device: torch.device) -> torch.Tensor:
     x = torch.arange(SSIM_WINDOW, dtype=torch.float32, device=device) - SSIM_WINDOW // 2
     g = torch.exp(-(x**2) / (2 * SSIM_SIGMA**2))
@@ -61,8 +120,9 @@ class SsimIndex:
         self.mu = _blur(self.refs)
         self.var = _blur(self.refs**2) - self.mu**2
 
-    def ssim(self, image: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-        """Mean SSIM of one image [1, H, W] against every reference: [N].
+    def ssim(self, image: torch.Tensor, chunk: int = 128, structure_only: bool = False) -> torch.Tensor:
+        """Mean SSIM of one image [1, H, W] against every reference: [N]. With `structure_only`, the
+        mean of the contrast-structure term alone (what MS-SSIM takes at its finer scales).
 
         The references go in chunks: small temporaries are reused by the allocator, where whole-set ones
         were mapped and unmapped for every query (5x slower here: 368 vs 68 ms a query at 64 px)."""
@@ -73,14 +133,46 @@ class SsimIndex:
         for start in range(0, len(self.refs), chunk):
             refs, mu, var = (t[start : start + chunk] for t in (self.refs, self.mu, self.var))
             cov = _blur(refs * x) - mu * mu_x
-            num = (2 * mu_x * mu + C1) * (2 * cov + C2)
-            den = (mu_x**2 + mu**2 + C1) * (var_x + var + C2)
-            out.append((num / den).mean(dim=(1, 2, 3)))
+            value = (2 * cov + C2) / (var_x + var + C2)  # contrast-structure map
+            if not structure_only:
+                value = value * (2 * mu_x * mu + C1) / (mu_x**2 + mu**2 + C1)
+            out.append(value.mean(dim=(1, 2, 3)))
         return torch.cat(out)
 
 
-def nearest(index: SsimIndex, images: torch.Tensor, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """For each image, its top-k SSIM against the references and their indices: ([M, k], [M, k])."""
+class MsSsimIndex:
+    """Multi-scale SSIM (Wang et al. 2003) of any image against a reference set, as the paper measures
+    memorisation: contrast-structure at four scales and full SSIM at the fifth, halving each time."""
+
+    def __init__(self, refs: torch.Tensor) -> None:
+        if refs.shape[-1] < MS_SSIM_MIN_SIDE:
+            raise ValueError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE} px, got {refs.shape[-1]}")
+        self.scales = []
+        x = refs.float()
+        for _ in MS_SSIM_WEIGHTS:
+            self.scales.append(SsimIndex(x))
+            x = F.avg_pool2d(x, 2)
+
+    def ssim(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.float()  # [1, H, W]
+        score = torch.ones(len(self.scales[0].refs))
+        for k, (index, weight) in enumerate(zip(self.scales, MS_SSIM_WEIGHTS, strict=True)):
+            last = k == len(MS_SSIM_WEIGHTS) - 1
+            term = index.ssim(x, structure_only=not last).clamp(min=0)  # negative terms count as 0
+            score = score * term**weight
+            x = F.avg_pool2d(x.unsqueeze(0), 2)[0]
+        return score
+
+
+def similarity_index(refs: torch.Tensor) -> SsimIndex | MsSsimIndex:
+    """MS-SSIM where the images are large enough for its five scales, else single-scale SSIM."""
+    return MsSsimIndex(refs) if refs.shape[-1] >= MS_SSIM_MIN_SIDE else SsimIndex(refs)
+
+
+def nearest(
+    index: SsimIndex | MsSsimIndex, images: torch.Tensor, k: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each image, its top-k similarity against the references and their indices: ([M, k], [M, k])."""
     scores, idx = [], []
     for image in images:
         top = index.ssim(image).topk(k)
@@ -99,6 +191,25 @@ def _stats(values: np.ndarray) -> dict:
 
 
 @torch.no_grad()
+def generate_images(
+    generate: Generate, latent_dim: int, seed: int, labels: torch.Tensor, resolution: int, batch: int = 64
+) -> torch.Tensor:
+    """One image per label row, latents (seed, 0..N-1), clamped and pooled to `resolution`: [N, 1, r, r]."""
+    out = []
+    for start in range(0, len(labels), batch):
+        rows = range(start, min(start + batch, len(labels)))
+        z = torch.from_numpy(latents_for(seed, rows, latent_dim))
+        images = generate(z, labels[start : start + len(rows)].float()).clamp(-1, 1)
+        out.append(F.adaptive_avg_pool2d(images, resolution) if images.shape[-1] != resolution else images)
+    return torch.cat(out)
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed of one check's latents: distinct per check, fixed by the user's seed."""
+    return seed * 16 + stream
+
+
+@torch.no_grad()
 def memorisation(
     generate: Generate,
     latent_dim: int,
@@ -109,20 +220,12 @@ def memorisation(
     seed: int = 0,
     batch: int = 64,
 ) -> tuple[dict, Image.Image]:
-    """Nearest training image by SSIM for `count` generated images and for every held-out real image."""
+    """Nearest training image by (MS-)SSIM for `count` generated images and for every held-out image."""
     refs = train.images_at(resolution)
-    index = SsimIndex(refs)
+    index = similarity_index(refs)
     rng = np.random.default_rng(seed)
     label_rows = rng.integers(0, len(train), size=count)  # realistic label vectors: the training set's
-    generated = []
-    for start in range(0, count, batch):
-        rows = range(start, min(start + batch, count))
-        z = torch.from_numpy(latents_for(seed, rows, latent_dim))
-        images = generate(z, train.labels[label_rows[start : start + len(rows)]]).clamp(-1, 1)
-        generated.append(
-            F.adaptive_avg_pool2d(images, resolution) if images.shape[-1] != resolution else images
-        )
-    fakes = torch.cat(generated)  # [count, 1, R, R]
+    fakes = generate_images(generate, latent_dim, seed, train.labels[label_rows], resolution, batch)
     fake_scores, fake_idx = nearest(index, fakes)
     real_scores, _ = nearest(index, heldout.images_at(resolution), k=1)
     threshold = float(np.percentile(real_scores[:, 0], 99.9))
@@ -136,7 +239,7 @@ def memorisation(
         np.stack([to_uint8(fakes[i : i + 1])[0], *to_uint8(refs[fake_idx[i]])]) for i in shown
     ]  # each row: generated, then its 3 nearest training images
     result = {
-        "metric": "SSIM" if resolution < 176 else "SSIM (MS-SSIM not implemented yet)",
+        "metric": "MS-SSIM" if isinstance(index, MsSsimIndex) else "SSIM",
         "resolution": resolution,
         "generated": count,
         "heldout_real": len(heldout),
@@ -162,22 +265,305 @@ def memorisation(
     return result, grid_image(np.stack(tiles))
 
 
+# ---- classifier checks -------------------------------------------------------------------------
+def per_label_auc(
+    names: list[str], targets: np.ndarray, scores: np.ndarray, opts: EvalOptions, with_interval: bool = True
+) -> dict:
+    """{label: {"auc", "low", "high", "positives"} or {"too_few_positives": k}} for one classifier."""
+    out = {}
+    for j, name in enumerate(names):
+        positives = int((targets[:, j] >= 0.5).sum())
+        if positives < opts.min_positives or positives == len(targets):
+            out[name] = {"too_few_positives": positives}
+        elif with_interval:
+            result = bootstrap_auc(targets[:, j] >= 0.5, scores[:, j], opts.bootstrap, opts.seed)
+            out[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+        else:
+            out[name] = {"auc": round(roc_auc(targets[:, j] >= 0.5, scores[:, j]), 4), "positives": positives}
+    return out
+
+
+def _mean_of(table: dict) -> float:
+    aucs = [v["auc"] for v in table.values() if "auc" in v]
+    return round(float(np.mean(aucs)), 4) if aucs else math.nan
+
+
+def train_on_synthetic(
+    names: list[str],
+    real: clf.TrainResult,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    synthetic: torch.Tensor,
+    val: RadiographSet,
+    test: RadiographSet,
+    px: int,
+    opts: EvalOptions,
+    progress: Callable[[str], None],
+) -> tuple[dict, clf.TrainResult]:
+    """Train on synthetic, test on real: per-label test AUC of both classifiers and their ratio."""
+    progress(f"classifier on {len(synthetic)} generated images with the training set's label vectors")
+    fake = clf.train_classifier(
+        synthetic, train_labels, val.images_at(px), val.labels, opts.classifier, opts.epochs, seed=opts.seed
+    )
+    test_targets = test.labels.numpy()
+    real_auc = per_label_auc(names, test_targets, clf.predict(real.model, test.images_at(px)), opts)
+    fake_auc = per_label_auc(names, test_targets, clf.predict(fake.model, test.images_at(px)), opts)
+    reported = [n for n in names if "auc" in real_auc[n]]
+    ratio = {n: round(fake_auc[n]["auc"] / real_auc[n]["auc"], 4) for n in reported}
+    result = {
+        "classifier": opts.classifier,
+        "input_px": px,
+        "epochs": opts.epochs,
+        "train_images": len(train_images),
+        "test_images": len(test),
+        "bootstrap_resamples": opts.bootstrap,
+        "real_trained": real_auc,
+        "synthetic_trained": fake_auc,
+        "ratio_synthetic_over_real": ratio,
+        "mean_auc_real_trained": _mean_of(real_auc),
+        "mean_auc_synthetic_trained": _mean_of(fake_auc),
+        "mean_ratio": round(float(np.mean(list(ratio.values()))), 4) if ratio else math.nan,
+        "labels_reported": reported,
+        "labels_with_too_few_test_positives": {
+            n: v["too_few_positives"] for n, v in real_auc.items() if "too_few_positives" in v
+        },
+        "best_epoch": {"real_trained": real.best_epoch, "synthetic_trained": fake.best_epoch},
+        "val_auc": {"real_trained": round(real.val_auc, 4), "synthetic_trained": round(fake.val_auc, 4)},
+    }
+    return result, fake
+
+
+@torch.no_grad()
+def controllability(
+    generate: Generate, latent_dim: int, names: list[str], model: torch.nn.Module, px: int, opts: EvalOptions
+) -> dict:
+    """Each label alone raised 0 -> 1 over fixed latents; the classifier's mean score for that label at
+    each value and Spearman's rank correlation between value and score (1: the label steers the image)."""
+    values = np.linspace(0, 1, opts.sweep_steps)
+    seed = stream_seed(opts.seed, STREAM_SWEEP)
+    z = torch.from_numpy(latents_for(seed, range(opts.sweep_latents), latent_dim))  # [K, Z]
+    out = {}
+    for j, name in enumerate(names):
+        labels = torch.zeros(len(values) * len(z), len(names))
+        labels[:, j] = torch.from_numpy(np.repeat(values, len(z))).float()
+        images = generate(z.repeat(len(values), 1), labels).clamp(-1, 1)
+        images = F.adaptive_avg_pool2d(images, px) if images.shape[-1] != px else images
+        scores = clf.predict(model, images)[:, j].reshape(len(values), len(z))  # [steps, K]
+        per_latent = [r for k in range(len(z)) if not math.isnan(r := spearman(values, scores[:, k]))]
+        out[name] = {
+            "spearman_mean_score": round(spearman(values, scores.mean(1)), 4),
+            "spearman_per_latent_mean": round(float(np.mean(per_latent)), 4) if per_latent else math.nan,
+            "score_at_0": round(float(scores[0].mean()), 4),
+            "score_at_1": round(float(scores[-1].mean()), 4),
+            "mean_score": [round(float(v), 4) for v in scores.mean(1)],
+        }
+    return {"values": [round(float(v), 3) for v in values], "latents": len(z), "labels": out}
+
+
+def label_fidelity(
+    names: list[str],
+    model: torch.nn.Module,
+    synthetic: torch.Tensor,
+    conditions: torch.Tensor,
+    opts: EvalOptions,
+) -> dict:
+    """The real-trained classifier's AUC on generated images against the labels they were asked for."""
+    table = per_label_auc(names, conditions.numpy(), clf.predict(model, synthetic), opts, with_interval=False)
+    return {"images": len(synthetic), "per_label": table, "mean_auc": _mean_of(table)}
+
+
+def two_sample_test(real: torch.Tensor, fake: torch.Tensor, opts: EvalOptions, holdout: float = 0.25) -> dict:
+    """Train a classifier to tell real (1) from generated (0) images; its held-out accuracy and AUC.
+    0.5 means the classifier cannot tell them apart."""
+    n = min(len(real), len(fake))
+    rng = np.random.default_rng(opts.seed)
+    images = torch.cat([real[rng.permutation(len(real))[:n]], fake[rng.permutation(len(fake))[:n]]])
+    targets = torch.cat([torch.ones(n, 1), torch.zeros(n, 1)])
+    order = rng.permutation(2 * n)
+    cut = int(round(2 * n * (1 - holdout)))
+    fit, held = order[:cut], order[cut:]
+    result = clf.train_classifier(
+        images[fit], targets[fit], architecture=opts.classifier, epochs=opts.epochs, seed=opts.seed
+    )
+    scores = clf.predict(result.model, images[held])[:, 0]
+    truth = targets[held, 0].numpy()
+    auc = bootstrap_auc(truth, scores, opts.bootstrap, opts.seed)
+    return {
+        "images_per_side": n,
+        "held_out": len(held),
+        "accuracy": round(float(((scores >= 0.5) == (truth >= 0.5)).mean()), 4),
+        "auc": round(auc["auc"], 4),
+        "auc_low": round(auc["low"], 4),
+        "auc_high": round(auc["high"], 4),
+        "meaning": "0.5 = indistinguishable; 1.0 = always told apart",
+    }
+
+
+def feature_distances(
+    model: torch.nn.Module,
+    train: torch.Tensor,
+    test: torch.Tensor,
+    synthetic: torch.Tensor,
+    opts: EvalOptions,
+) -> dict:
+    """Fréchet distance and KID to the real test images, in the real-trained classifier's feature space;
+    real training images give the floor (what two real samples of these sizes differ by)."""
+    f_train, f_test, f_fake = (clf.features(model, x) for x in (train, test, synthetic))
+    size = min(len(f_test), 200)
+    kid_fake = kernel_inception_distance(f_fake, f_test, subset_size=size, seed=opts.seed)
+    kid_real = kernel_inception_distance(f_train, f_test, subset_size=size, seed=opts.seed)
+    return {
+        "feature_dim": int(f_test.shape[1]),
+        "images": {"generated": len(f_fake), "real_train": len(f_train), "real_test": len(f_test)},
+        "frechet_generated_vs_test": round(frechet_distance(f_fake, f_test), 4),
+        "frechet_train_vs_test": round(frechet_distance(f_train, f_test), 4),
+        "kid_generated_vs_test": round(kid_fake["kid"], 5),
+        "kid_generated_vs_test_std": round(kid_fake["std"], 5),
+        "kid_train_vs_test": round(kid_real["kid"], 5),
+        "kid_train_vs_test_std": round(kid_real["std"], 5),
+        "kid_subset_size": size,
+    }
+
+
+@torch.no_grad()
+def label_correlation(
+    generate: Generate,
+    latent_dim: int,
+    names: list[str],
+    model: torch.nn.Module,
+    test_images: torch.Tensor,
+    px: int,
+    opts: EvalOptions,
+) -> tuple[dict, Image.Image]:
+    """Figure 7: images with one label drawn uniformly in 0..1 (the others 0), scored by the classifier
+    for every label; Pearson correlation of the scores per label pair, clustered. The real test images'
+    score correlations are drawn beside it in the same order."""
+    per_label = opts.correlation_images
+    labels = torch.zeros(per_label * len(names), len(names))
+    rng = np.random.default_rng(stream_seed(opts.seed, STREAM_CORRELATION))
+    for j in range(len(names)):
+        labels[j * per_label : (j + 1) * per_label, j] = torch.from_numpy(
+            rng.uniform(0, 1, per_label)
+        ).float()
+    images = generate_images(generate, latent_dim, stream_seed(opts.seed, STREAM_CORRELATION), labels, px)
+    generated = pearson_matrix(clf.predict(model, images))
+    real = pearson_matrix(clf.predict(model, test_images))
+    order = cluster_order(generated)
+    ordered = [names[i] for i in order]
+    pick = np.ix_(order, order)
+    left, right = heatmap(generated[pick], ordered), heatmap(real[pick], ordered)
+    gap = np.full((left.shape[0], 16, 3), 255, np.uint8)
+    picture = np.concatenate([left, gap, right], axis=1)
+
+    def rounded(matrix: np.ndarray) -> list[list[float | None]]:
+        return [[None if math.isnan(v) else round(float(v), 4) for v in row] for row in matrix]
+
+    result = {
+        "images": len(images),
+        "order": ordered,
+        "generated": rounded(generated[pick]),
+        "real_test": rounded(real[pick]),
+        "figure": "left: generated (one label uniform in 0..1); right: real test images; clustered order",
+    }
+    return result, Image.fromarray(picture, "RGB")
+
+
+def classifier_checks(
+    generate: Generate,
+    latent_dim: int,
+    names: list[str],
+    train: RadiographSet,
+    val: RadiographSet,
+    test: RadiographSet,
+    resolution: int,
+    opts: EvalOptions,
+    timings: dict[str, float],
+    progress: Callable[[str], None],
+) -> tuple[dict, dict[str, Image.Image]]:
+    px = min(opts.classifier_px, resolution)
+    train_images = train.images_at(px)
+    t0 = time.perf_counter()
+    progress(f"classifier ({opts.classifier}, {px} px, {opts.epochs} epochs) on {len(train)} real images")
+    real = clf.train_classifier(
+        train_images,
+        train.labels,
+        val.images_at(px),
+        val.labels,
+        opts.classifier,
+        opts.epochs,
+        seed=opts.seed,
+    )
+    timings["classifier_real_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    synthetic = generate_images(
+        generate, latent_dim, stream_seed(opts.seed, STREAM_SYNTHETIC), train.labels, px
+    )  # [N, 1, px, px]: the training set's label vectors, new latents
+    timings["generate_synthetic_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tstr, _ = train_on_synthetic(
+        names, real, train_images, train.labels, synthetic, val, test, px, opts, progress
+    )
+    timings["train_on_synthetic_s"] = time.perf_counter() - t0
+    progress(
+        f"train on synthetic, test on real: mean AUC {tstr['mean_auc_synthetic_trained']} vs "
+        f"{tstr['mean_auc_real_trained']} real-trained over {len(tstr['labels_reported'])} labels "
+        f"({timings['classifier_real_s'] + timings['train_on_synthetic_s']:.0f} s)"
+    )
+
+    t0 = time.perf_counter()
+    fidelity = label_fidelity(names, real.model, synthetic, train.labels, opts)
+    sweep = controllability(generate, latent_dim, names, real.model, px, opts)
+    timings["label_fidelity_and_sweep_s"] = time.perf_counter() - t0
+    progress(
+        f"label fidelity: mean AUC {fidelity['mean_auc']} ({timings['label_fidelity_and_sweep_s']:.0f} s)"
+    )
+
+    t0 = time.perf_counter()
+    two_sample = two_sample_test(train_images, synthetic, opts)
+    timings["two_sample_s"] = time.perf_counter() - t0
+    progress(
+        f"two-sample test: held-out accuracy {two_sample['accuracy']}, AUC {two_sample['auc']} "
+        f"({timings['two_sample_s']:.0f} s)"
+    )
+
+    t0 = time.perf_counter()
+    distances = feature_distances(real.model, train_images, test.images_at(px), synthetic, opts)
+    timings["feature_distances_s"] = time.perf_counter() - t0
+    progress(
+        f"Fréchet distance {distances['frechet_generated_vs_test']} (real floor "
+        f"{distances['frechet_train_vs_test']}), KID {distances['kid_generated_vs_test']}"
+    )
+
+    t0 = time.perf_counter()
+    correlation, corr_figure = label_correlation(
+        generate, latent_dim, names, real.model, test.images_at(px), px, opts
+    )
+    timings["label_correlation_s"] = time.perf_counter() - t0
+    results = {
+        "train_on_synthetic_test_on_real": tstr,
+        "label_fidelity": fidelity,
+        "controllability": sweep,
+        "two_sample_test": two_sample,
+        "feature_distances": distances,
+        "label_correlation": correlation,
+    }
+    return results, {"eval_label_correlation.png": corr_figure}
+
+
 # ---- pictures ----------------------------------------------------------------------------------
-def _condition(n_labels: int, **values: float) -> torch.Tensor:
-    row = torch.zeros(1, n_labels)
-    for j, v in values.items():
-        row[0, int(j)] = v
-    return row
+def _one_label(n_labels: int, index: int, values: list[float] | np.ndarray) -> torch.Tensor:
+    """[len(values), n_labels]: label `index` at each value, the others 0."""
+    rows = torch.zeros(len(values), n_labels)
+    rows[:, index] = torch.as_tensor(np.asarray(values, dtype=np.float32))
+    return rows
 
 
 @torch.no_grad()
 def transitions(G, label_names: list[str], seed: int, steps=(0.0, 0.3, 0.6, 1.0)) -> Image.Image:
     """One row per label, one column per value of that label, the same latent everywhere."""
-    z = torch.from_numpy(latents_for(seed, [0], G.latent_dim))
-    rows = []
-    for j in range(len(label_names)):
-        cond = torch.cat([_condition(len(label_names), **{str(j): v}) for v in steps])
-        rows.append(to_uint8(G(z.expand(len(steps), -1), cond)))
+    z = torch.from_numpy(latents_for(seed, [0], G.latent_dim)).expand(len(steps), -1)
+    rows = [to_uint8(G(z, _one_label(len(label_names), j, steps))) for j in range(len(label_names))]
     return grid_image(np.stack(rows))
 
 
@@ -197,21 +583,13 @@ def transition_gif(G, label_names: list[str], seed: int, path: Path, frames: int
 
 @torch.no_grad()
 def difference_maps(G, label_names: list[str], seed: int) -> Image.Image:
-    """Per label: healthy, diseased, and the difference over the healthy image (red brighter, blue darker)."""
-    z = torch.from_numpy(latents_for(seed, [0], G.latent_dim))
-    healthy = G(z, torch.zeros(1, len(label_names))).clamp(-1, 1)[0, 0].numpy()
-    rows = []
-    for j in range(len(label_names)):
-        sick = G(z, _condition(len(label_names), **{str(j): 1.0})).clamp(-1, 1)[0, 0].numpy()
-        diff = sick - healthy
-        scale = max(float(np.abs(diff).max()), 1e-6)
-        grey = np.repeat(((healthy + 1) * 127.5)[..., None], 3, axis=2)
-        alpha = (np.abs(diff) / scale)[..., None]
-        colour = np.where((diff > 0)[..., None], [255.0, 40.0, 40.0], [40.0, 90.0, 255.0])
-        overlay = (1 - alpha) * grey + alpha * colour
-        tiles = [grey, np.repeat(((sick + 1) * 127.5)[..., None], 3, axis=2), overlay]
-        rows.append(np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0))) for t in tiles], axis=1))
-    return Image.fromarray(np.concatenate(rows).round().clip(0, 255).astype(np.uint8), "RGB")
+    """Per label: healthy, diseased, and the difference over the healthy image (red brighter, blue darker);
+    the same drawing as the gateway's `POST /v1/visualize` (thorax/pictures.py)."""
+    n = len(label_names)
+    z = torch.from_numpy(latents_for(seed, [0], G.latent_dim)).expand(n + 1, -1)
+    images = to_uint8(G(z, torch.cat([torch.zeros(1, n), torch.eye(n)])))  # healthy, then each label
+    rows = [difference_row(images[0], sick) for sick in images[1:]]
+    return Image.fromarray(np.concatenate(rows), "RGB")
 
 
 @torch.no_grad()
@@ -222,76 +600,137 @@ def two_label_grid(
     i, j = label_names.index(first), label_names.index(second)
     z = torch.from_numpy(latents_for(seed, [0], G.latent_dim)).expand(steps, -1)
     values = np.linspace(0, 1, steps)
-    rows = [
-        to_uint8(G(z, torch.cat([_condition(len(label_names), **{str(i): a, str(j): b}) for b in values])))
-        for a in values
-    ]
-    return grid_image(np.stack(rows))
+    rows = []
+    for a in values:
+        labels = _one_label(len(label_names), j, values)
+        labels[:, i] = float(a)
+        rows.append(to_uint8(G(z, labels)))
+    return Image.fromarray(tile_grid(np.stack(rows)), "L")
 
 
-# ---- the command -------------------------------------------------------------------------------
-def evaluate_model(
-    ref: str | None,
-    data_dir: Path,
-    count: int = 1000,
-    seed: int = 0,
-    store: Path | None = None,
-    split_seed: int = 0,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    progress: Callable[[str], None] = print,
-) -> dict:
-    """Run the checks on a stored model, write the results into its folder and card; returns them."""
-    model: StoredModel = open_model(ref, store or store_root())
-    G, config = load_generator(model.path)
-    names = list(config["label_names"])
-    resolution = config["resolution"]
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    train = RadiographSet(data_dir, resolution, tuple(names), "train", fractions, split_seed)
-    heldout = RadiographSet(data_dir, resolution, tuple(names), "test", fractions, split_seed)
-    timings["load_data_s"] = time.perf_counter() - t0
-    progress(f"{model.ref}: {len(train)} training and {len(heldout)} held-out images at {resolution} px")
-
-    t0 = time.perf_counter()
-    memo, memo_figure = memorisation(G, G.latent_dim, train, heldout, resolution, count, seed)
-    timings["memorisation_s"] = time.perf_counter() - t0
-    progress(
-        f"memorisation: {memo['flagged']} of {count} generated images above the real-vs-real 99.9th "
-        f"percentile SSIM {memo['threshold_real_p99_9']} ({timings['memorisation_s']:.0f} s)"
-    )
-    t0 = time.perf_counter()
+def pictures(G, names: list[str], seed: int, folder: Path) -> list[str]:
     figures = {
-        "eval_memorisation.png": memo_figure,
         "eval_transitions.png": transitions(G, names, seed),
         "eval_difference_maps.png": difference_maps(G, names, seed),
     }
     if {"Cardiomegaly", "Effusion"} <= set(names):
         figures["eval_cardiomegaly_effusion.png"] = two_label_grid(G, names, seed, "Cardiomegaly", "Effusion")
     for name, image in figures.items():
-        image.save(model.path / name)
-    transition_gif(G, names, seed, model.path / "eval_transitions.gif")
-    timings["pictures_s"] = time.perf_counter() - t0
+        image.save(folder / name)
+    transition_gif(G, names, seed, folder / "eval_transitions.gif")
+    return [*figures, "eval_transitions.gif"]
 
-    evaluation = {
+
+# ---- the command -------------------------------------------------------------------------------
+def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
+    """The card's `evaluation` section: the headline figures, the rest in evaluation.json."""
+    summary: dict = {"file": "evaluation.json", "checks": list(opts.checks)}
+    if memo := evaluation.get("memorisation"):
+        summary.update(
+            {
+                "memorisation_metric": memo["metric"],
+                "memorisation_flagged": f"{memo['flagged']} of {memo['generated']}",
+                "memorisation_threshold": memo["threshold_real_p99_9"],
+                "generated_vs_train_similarity_median": memo["generated_vs_train"]["median"],
+                "heldout_vs_train_similarity_median": memo["heldout_vs_train"]["median"],
+            }
+        )
+    if checks := evaluation.get("classifier_checks"):
+        tstr, dist = checks["train_on_synthetic_test_on_real"], checks["feature_distances"]
+        sweep = checks["controllability"]["labels"]
+        summary.update(
+            {
+                "classifier": f"{tstr['classifier']}, {tstr['input_px']} px, trained here on the real split",
+                "tstr_mean_auc_real_trained": tstr["mean_auc_real_trained"],
+                "tstr_mean_auc_synthetic_trained": tstr["mean_auc_synthetic_trained"],
+                "tstr_mean_ratio": tstr["mean_ratio"],
+                "tstr_labels_reported": len(tstr["labels_reported"]),
+                "label_fidelity_mean_auc": checks["label_fidelity"]["mean_auc"],
+                "controllability_median_spearman": round(
+                    float(np.nanmedian([v["spearman_mean_score"] for v in sweep.values()])), 4
+                ),
+                "two_sample_accuracy": checks["two_sample_test"]["accuracy"],
+                "two_sample_auc": checks["two_sample_test"]["auc"],
+                "frechet_generated_vs_test": dist["frechet_generated_vs_test"],
+                "frechet_real_floor": dist["frechet_train_vs_test"],
+                "kid_generated_vs_test": dist["kid_generated_vs_test"],
+                "kid_real_floor": dist["kid_train_vs_test"],
+            }
+        )
+    return summary
+
+
+def evaluate_model(
+    ref: str | None,
+    data_dir: Path,
+    opts: EvalOptions | None = None,
+    store: Path | None = None,
+    split_seed: int = 0,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    progress: Callable[[str], None] = print,
+) -> dict:
+    """Run the checks on a stored model, write the results into its folder and card; returns them."""
+    opts = opts or EvalOptions()
+    unknown = sorted(set(opts.checks) - set(CHECKS))
+    if unknown:
+        raise ValueError(f"unknown check(s) {', '.join(unknown)}; choose from {', '.join(CHECKS)}")
+    model: StoredModel = open_model(ref, store or store_root())
+    G, config = load_generator(model.path)
+    torch.manual_seed(opts.seed)
+    names = list(config["label_names"])
+    resolution = config["resolution"]
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    splits = {
+        split: RadiographSet(data_dir, resolution, tuple(names), split, fractions, split_seed)
+        for split in ("train", "val", "test")
+    }
+    timings["load_data_s"] = time.perf_counter() - t0
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    progress(
+        f"{model.ref}: {len(train)} training, {len(val)} validation and {len(test)} test images at "
+        f"{resolution} px"
+    )
+    evaluation: dict = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": model.ref,
         "data": str(data_dir),
         "split": f"patient-disjoint {fractions}, hash seed {split_seed}: the training run's split",
-        "memorisation": memo,
-        "figures": sorted([*figures, "eval_transitions.gif"]),
-        "not_computed_yet": NOT_YET,
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "options": {**asdict(opts), "checks": list(opts.checks)},
     }
+    figures: list[str] = []
+    if "memorisation" in opts.checks:
+        t0 = time.perf_counter()
+        memo_seed = stream_seed(opts.seed, STREAM_MEMORISATION)
+        memo, memo_figure = memorisation(G, G.latent_dim, train, test, resolution, opts.count, memo_seed)
+        memo_figure.save(model.path / "eval_memorisation.png")
+        figures.append("eval_memorisation.png")
+        timings["memorisation_s"] = time.perf_counter() - t0
+        evaluation["memorisation"] = memo
+        progress(
+            f"memorisation: {memo['flagged']} of {opts.count} generated images above the real-vs-real 99.9th "
+            f"percentile {memo['metric']} {memo['threshold_real_p99_9']} ({timings['memorisation_s']:.0f} s)"
+        )
+    if "classifier" in opts.checks:
+        checks, check_figures = classifier_checks(
+            G, G.latent_dim, names, train, val, test, resolution, opts, timings, progress
+        )
+        for name, image in check_figures.items():
+            image.save(model.path / name)
+        figures += list(check_figures)
+        evaluation["classifier_checks"] = checks
+    if "pictures" in opts.checks:
+        t0 = time.perf_counter()
+        figures += pictures(G, names, opts.seed, model.path)
+        timings["pictures_s"] = time.perf_counter() - t0
+    evaluation["figures"] = sorted(figures)
+    evaluation["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    progress("timings (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in timings.items()))
+
     (model.path / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
     card = ModelCard.model_validate(model.card())
-    card.evaluation = {
-        "file": "evaluation.json",
-        "memorisation_flagged": f"{memo['flagged']} of {count}",
-        "memorisation_threshold_ssim": memo["threshold_real_p99_9"],
-        "generated_vs_train_ssim_median": memo["generated_vs_train"]["median"],
-        "heldout_vs_train_ssim_median": memo["heldout_vs_train"]["median"],
-        "not_computed_yet": NOT_YET,
-    }
+    card.evaluation = _card_summary(evaluation, opts)
     card.files["evaluation"] = "evaluation.json"
     (model.path / "model_card.json").write_text(card.model_dump_json(indent=1))
     (model.path / "model_card.md").write_text(card_markdown(card))
