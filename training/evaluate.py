@@ -649,6 +649,10 @@ def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
                 "controllability_median_spearman": round(
                     float(np.nanmedian([v["spearman_mean_score"] for v in sweep.values()])), 4
                 ),
+                # the size of the effect, which a rank correlation does not show
+                "controllability_median_score_change": round(
+                    float(np.median([v["score_at_1"] - v["score_at_0"] for v in sweep.values()])), 4
+                ),
                 "two_sample_accuracy": checks["two_sample_test"]["accuracy"],
                 "two_sample_auc": checks["two_sample_test"]["auc"],
                 "frechet_generated_vs_test": dist["frechet_generated_vs_test"],
