@@ -335,7 +335,15 @@ def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -
 def card_markdown(card: ModelCard) -> str:
     a, d = card.architecture, card.training_data
     progress = "the whole schedule" if a.complete else "stopped before the end of its schedule"
-    evaluation = "Not evaluated yet." if card.evaluation is None else json.dumps(card.evaluation, indent=1)
+    if card.evaluation is None:
+        evaluation = "Not evaluated yet (`thorax evaluate`)."
+    else:
+        rows = [
+            f"| {key.replace('_', ' ')} | {', '.join(map(str, v)) if isinstance(v, list) else v} |"
+            for key, v in card.evaluation.items()
+        ]
+        header = "From `thorax evaluate`; every figure is in `evaluation.json`."
+        evaluation = "\n".join([header, "", "| measure | value |", "|---|---|", *rows])
     counts = "\n".join(
         f"| {n} | {d.label_counts[n]} | {card.label_prior.frequency[n]:.3f} |" for n in card.labels.names
     )
