@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     s3_secure: bool = False
     s3_region: str | None = None
     s3_part_size: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    # Where clients reach the S3 server, when not at s3_endpoint (e.g. an in-cluster service name):
+    # shard URLs are signed for host:port here, with s3_public_secure (default: s3_secure).
+    s3_public_endpoint: str | None = None
+    s3_public_secure: bool | None = None
     storage_retry_seconds: float = Field(default=60.0, ge=0)  # keep retrying storage this long, then fail
 
     # limits

@@ -214,3 +214,25 @@ def test_a_storage_outage_is_retried_or_fails_clearly_and_resumes(tiny_store: Pa
                 resumed = client.post(f"/v1/jobs/{job['id']}/resume")
                 assert resumed.status_code == 202 and resumed.json()["state"] == "queued"
                 check_complete(client, job)
+
+
+def test_shard_urls_are_signed_for_the_public_s3_address(
+    tiny_store: Path, s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway writes through its own S3 address; clients read through THORAX_S3_PUBLIC_ENDPOINT
+    (here `localhost` for the gateway's `127.0.0.1`), and the signature holds there."""
+    public = s3.replace("127.0.0.1", "localhost")
+    monkeypatch.setenv("THORAX_MODEL_STORE", str(tiny_store))
+    settings = Settings(
+        s3_endpoint=s3, s3_bucket=BUCKET, s3_access_key="any",
+        s3_secret_key="anything", s3_public_endpoint=public, storage_prefix="public", batch_size=4,
+    )  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        job = client.post("/generate", json={"count": 6, "shard_size": 3, "seed": 5}).json()
+        assert wait_for_job(lambda: client.get(job["url"]).json(), 120)["state"] == "succeeded"
+        shards = client.get(f"/v1/jobs/{job['id']}/manifest", params={"urls": "true"}).json()["shards"]
+    assert len(shards) == 2
+    for shard in shards:
+        assert shard["url"].startswith(f"http://{public}/{BUCKET}/") and "X-Amz-Signature" in shard["url"]
+        response = httpx.get(shard["url"], timeout=30)
+        assert response.status_code == 200 and sha256(response.content) == shard["sha256"]

@@ -62,6 +62,17 @@ class S3Storage:
             region=settings.s3_region,
             http_client=http,
         )
+        # Presigning is local arithmetic once the region is known; the public endpoint need not be
+        # reachable from the gateway, so its client is given a region instead of asking the server.
+        self.signer = self.client
+        if settings.s3_public_endpoint:
+            self.signer = Minio(
+                endpoint=settings.s3_public_endpoint,
+                access_key=settings.s3_access_key,
+                secret_key=settings.s3_secret_key,
+                secure=settings.s3_secure if settings.s3_public_secure is None else settings.s3_public_secure,
+                region=settings.s3_region or "us-east-1",
+            )
         self.bucket = settings.s3_bucket
         self.part_size = settings.s3_part_size
         self.location = f"s3://{self.bucket}"
@@ -138,10 +149,10 @@ class S3Storage:
         return sorted(o.object_name for o in objects if not o.is_dir)
 
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
-        # Signed with the gateway's endpoint: clients must reach the S3 server at the same address.
+        # Signed for THORAX_S3_PUBLIC_ENDPOINT when set, else for the gateway's own S3 address.
         return self._call(
             f"presigning {key}",
-            self.client.presigned_get_object,
+            self.signer.presigned_get_object,
             bucket_name=self.bucket,
             object_name=key,
             expires=timedelta(seconds=expires_seconds),
