@@ -180,7 +180,7 @@ def train_classifier(
 
     Deterministic for a given seed (weights, order and augmentation come from seeded generators)."""
     if architecture == "densenet121" and images.shape[-1] < 32:
-        raise UserError(f"densenet121 needs images of at least 32 px (it pools 32x), got {images.shape[-1]} px")
+        raise UserError(f"densenet121 needs images of at least 32 px (it pools 32x), not {images.shape[-1]}")
     torch.manual_seed(seed)
     model = build(architecture, targets.shape[1])
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
