@@ -61,7 +61,8 @@ def test_a_generator_that_returns_training_images_is_flagged(splits) -> None:
     result, figure = memorisation(copier, 8, train, heldout, 32, count=40, seed=1)
     assert result["flagged"] == 40 and result["generated_vs_train"]["median"] == pytest.approx(1.0, abs=1e-4)
     assert result["threshold_real_p99_9"] < 0.999
-    assert figure.size == (4 * 34 + 2, 8 * 34 + 2)  # 8 rows: generated + 3 nearest, 32 px tiles
+    assert figure.size == (4 * 34 + 2, 32 * 34 + 2)  # 32 rows: generated + 3 nearest, 32 px tiles
+    assert len(result["flagged_examples"]) == 40  # every flagged image is listed
 
     def noise(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # nothing like a radiograph
         return torch.rand(len(z), 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1

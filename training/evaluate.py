@@ -60,6 +60,7 @@ from training.sample import grid_image, to_uint8
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 C1, C2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2  # images span [-1, 1]: a data range of 2
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
+FIGURE_ROWS = 32  # flagged images drawn in eval_memorisation.png; evaluation.json lists every one
 MS_SSIM_MIN_SIDE = 176  # from here on the coarsest scale (side / 16) still fits the 11-pixel window
 CHECKS = ("memorisation", "classifier", "pictures")
 # Latent streams (seeds derived from the user's seed) so that no two checks share generated images.
@@ -230,11 +231,8 @@ def memorisation(
     real_scores, _ = nearest(index, heldout.images_at(resolution), k=1)
     threshold = float(np.percentile(real_scores[:, 0], 99.9))
     flagged = np.flatnonzero(fake_scores[:, 0] > threshold)
-    shown = (
-        flagged[np.argsort(-fake_scores[flagged, 0])][:8]
-        if len(flagged)
-        else np.argsort(-fake_scores[:, 0])[:8]
-    )
+    ranked = flagged[np.argsort(-fake_scores[flagged, 0])]  # every flagged image, most similar first
+    shown = ranked[:FIGURE_ROWS] if len(flagged) else np.argsort(-fake_scores[:, 0])[:8]
     tiles = [
         np.stack([to_uint8(fakes[i : i + 1])[0], *to_uint8(refs[fake_idx[i]])]) for i in shown
     ]  # each row: generated, then its 3 nearest training images
@@ -256,9 +254,9 @@ def memorisation(
                 "ssim": round(float(fake_scores[i, 0]), 4),
                 "nearest_train": [train.filenames[j] for j in fake_idx[i]],
             }
-            for i in shown[: len(flagged)]
+            for i in ranked
         ],  # fmt: skip
-        "figure_rows": "flagged images, most similar first"
+        "figure_rows": f"the first {len(shown)} of the flagged images, most similar first"
         if len(flagged)
         else "the 8 most similar (none flagged)",
     }
