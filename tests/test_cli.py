@@ -44,6 +44,9 @@ def thorax(*args: str) -> subprocess.CompletedProcess:
         (["sample", "--model", "no-such-model"], "no model 'no-such-model'"),
         (["sample", "--label", "Cardiomegaly=2"], "the value must be in 0..1"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["generate", "--label", "Nope", "--out", "RUN"], "labels.Nope: unknown label 'Nope'"),
+        (["generate", "--shard-size", "0"], "must be at least 1"),
+        (["evaluate", "--checks", "speed"], "choose from memorisation, classifier, pictures"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args: list[str], message: str, tmp_path: Path) -> None:
@@ -112,3 +115,39 @@ def test_latents_are_keyed_by_seed_and_index_not_by_batch() -> None:
     assert np.array_equal(latents_for(3, [7, 2], 32), whole[[7, 2]])
     assert not np.array_equal(latent_for(3, 7, 32), latent_for(4, 7, 32))
     assert abs(float(latents_for(0, range(2000), 16).std()) - 1.0) < 0.03
+
+
+def test_generate_writes_shards_in_process_and_resumes_after_a_kill(tiny_store: Path, tmp_path: Path) -> None:
+    """`thorax generate` runs the gateway's job code without a server; SIGKILLed mid-job, `--resume`
+    finishes it with exactly the images asked for, keeping the shards already written."""
+    import signal
+    import time
+
+    from tests.gateway_helpers import read_with_webdataset
+
+    out, count, shard_size = tmp_path / "out", 12000, 600
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "THORAX_MODEL_STORE": str(tiny_store)}
+    command = [sys.executable, "-m", "thorax.cli", "generate", "--count", str(count), "--seed", "4",
+               "--shard-size", str(shard_size), "--label", "Edema=0.5", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/shard-000001.tar")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    (job,) = out.iterdir()
+    before = {p.name: p.read_bytes() for p in job.glob("shard-*.tar")}
+    assert before and not (job / "manifest.json").exists(), "killed before the job finished"
+
+    resumed = subprocess.run([sys.executable, "-m", "thorax.cli", "generate", "--resume", "--out", str(out)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"job {job.name} succeeded: {count} images" in resumed.stdout
+    manifest = json.loads((job / "manifest.json").read_text())
+    assert manifest["images"] == count and len(manifest["shards"]) == count // shard_size
+    for name, data in before.items():  # the shards written before the kill were kept as they were
+        assert (job / name).read_bytes() == data
+    samples = read_with_webdataset(sorted(job.glob("shard-*.tar"))[:2])
+    assert len(samples) == 2 * shard_size and samples[0]["json"]["labels"]["Edema"] == 0.5
+    again = thorax("generate", "--resume", "--out", str(out))
+    assert again.returncode == 0 and "nothing to resume" in again.stdout

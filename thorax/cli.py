@@ -222,21 +222,102 @@ def _cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
-    import uvicorn
+def _gateway_settings(**overrides: object):
+    """The gateway's settings from THORAX_ variables, a bad one as a one-line error naming it."""
     from pydantic import ValidationError
 
-    from service.app import create_app
     from service.settings import Settings
 
     try:
-        settings = Settings()
+        return Settings(**overrides)
     except ValidationError as exc:
         problem = exc.errors()[0]
         field = "THORAX_" + "_".join(str(p) for p in problem["loc"]).upper()
         raise UserError(f"{field}: {problem['msg']}") from None
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    """`thorax generate`: one batch job of the gateway, run in this process (no server): WebDataset
+    shards and a manifest in a local folder, or in S3 when THORAX_S3_ENDPOINT is set."""
+    import time
+
+    from pydantic import ValidationError
+    from thoraxclient.schemas import TERMINAL_STATES, JobRequest
+
+    from service.catalog import Catalog
+    from service.jobs import JobManager
+    from service.metrics import Metrics
+    from service.problems import ApiProblem
+    from service.storage import open_storage
+
+    overrides: dict = {"resume_on_start": args.resume}
+    if args.out:
+        overrides["storage_dir"] = Path(args.out)
+    settings = _gateway_settings(**overrides)
+    if not args.resume:
+        fixed = {name: value for name, value in args.label}
+        labels = {"prior": "model", "fixed": fixed} if args.prior else (fixed or None)
+        try:
+            request = JobRequest(
+                model=args.model, count=args.count, resolution=args.resolution, labels=labels,
+                seed=args.seed, format=args.format, shard_size=args.shard_size, prefix=args.prefix,
+            )  # fmt: skip
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            raise UserError(f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}") from None
+    catalog = Catalog(settings)
+    storage = open_storage(settings)
+    manager = JobManager(settings, storage, catalog, Metrics())
+    manager.start()
+    try:
+        if not manager.scanned.wait(60):
+            raise UserError(f"storage {storage.location} did not answer within 60 s")
+        if args.resume:
+            jobs = [j for j in manager.list() if j.state not in TERMINAL_STATES]
+            if not jobs:
+                print(f"nothing to resume in {storage.location}")
+                return 0
+        else:
+            try:
+                jobs = [manager.submit(request)]
+            except ApiProblem as exc:
+                raise UserError(exc.detail) from None
+        for job in jobs:
+            where = f"{storage.location}/{job.base}"
+            print(f"job {job.id}: {job.spec.count} images, seed {job.spec.seed}, into {where}/")
+        last = 0.0
+        while any(j.state not in TERMINAL_STATES for j in jobs):
+            time.sleep(0.2)
+            if time.monotonic() - last >= args.progress_every:
+                last = time.monotonic()
+                for job in jobs:
+                    print(f"  {job.id[:8]} {job.state}: {job.images_done}/{job.spec.count} images in shards")
+        failed = [j for j in jobs if j.state != "succeeded"]
+        for job in jobs:
+            if job.state == "succeeded":
+                manifest = f"{storage.location}/{job.base}/manifest.json"
+                print(f"job {job.id} succeeded: {job.images_done} images; {manifest}")
+            else:
+                print(f"job {job.id} {job.state}: {job.error or 'not finished'}")
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; `thorax generate --resume{' --out ' + args.out if args.out else ''}` finishes it"
+        )
+        return 130
+    finally:
+        manager.stop()
+        catalog.close()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = _gateway_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from thorax.store import open_model
 
@@ -371,6 +452,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("configs", help="list the training configs")
     p.set_defaults(func=_cmd_configs)
+
+    p = sub.add_parser(
+        "generate", help="a batch job in this process: WebDataset shards of PNG or DICOM, and a manifest"
+    )
+    p.add_argument("--count", type=_positive_int, default=100, help="images")
+    p.add_argument("--label", type=_label_value, action="append", default=[], metavar="NAME[=VALUE]",
+                   help="a label on every image (1 unless given); repeat for several")  # fmt: skip
+    p.add_argument("--prior", action="store_true",
+                   help="the other labels per image from the model card's training-set patterns")  # fmt: skip
+    p.add_argument("--model", help="NAME[/VERSION] (default: the store's default model)")
+    p.add_argument("--resolution", type=_positive_int, help="pixels per side (the model's, or lower)")
+    p.add_argument("--seed", type=int, help="chosen, recorded and printed if omitted")
+    p.add_argument("--format", choices=["png", "dicom"], default="png")
+    p.add_argument("--shard-size", type=_positive_int, default=1000, help="images per tar shard")
+    p.add_argument("--prefix", default="", help="folder under the storage root")
+    p.add_argument("--out", help="local folder (default THORAX_STORAGE_DIR, thorax-data); ignored with S3")
+    p.add_argument("--resume", action="store_true", help="finish the unfinished jobs in --out; submit none")
+    p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("serve", help="run the gateway (POST /generate -> shards in a folder or S3)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
