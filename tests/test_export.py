@@ -262,3 +262,28 @@ def test_a_run_on_nih_layout_data_exports_with_its_label_counts(tmp_path: Path, 
     assert card.training_data.sources[0].name.startswith("NIH ChestX-ray14")
     for j, name in enumerate(NIH_LABELS):
         assert card.training_data.label_counts[name] == sum(int(table.labels[i][j]) for i in train_rows)
+
+
+def test_a_label_embedding_run_exports_and_serves(tmp_path: Path, data_dir: Path) -> None:
+    """The optional label embedding goes through ONNX (export checks parity) and the TorchServe handler."""
+    import dataclasses
+
+    from training.config import load_config
+    from training.train import RunOptions, train
+
+    cfg = dataclasses.replace(load_config("tiny"), name="tiny-embed", label_embedding=True)
+    run = tmp_path / "run"
+    train(cfg, RunOptions(run, data_dir, limit_images=32, quiet=True))
+    model = export_model(run, "tiny-embed", "1", store=tmp_path / "store")
+    assert json.loads(model.file("config").read_text())["label_embedding"] is True
+    with zipfile.ZipFile(model.file("mar")) as mar:
+        mar.extractall(tmp_path / "mar")
+    handler = GeneratorHandler()
+    handler.load(tmp_path / "mar")
+    labels = np.zeros((2, 14), np.float32)
+    labels[1, 2] = 1.0
+    (answer,) = handler.handle([{"body": {"seed": 3, "indices": [0, 0], "labels": labels.tolist()}}], None)
+    got = np.frombuffer(answer, np.uint8).reshape(2, 16, 16)
+    want = onnx_uint8(model, latents_for(3, [0, 0], 16), labels)
+    assert int(np.abs(got.astype(int) - want.astype(int)).max()) <= 1
+    assert not np.array_equal(got[0], got[1])  # the label changes the image
