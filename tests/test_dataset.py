@@ -288,3 +288,16 @@ def test_large_requests_are_cut_into_several_jobs_and_read_by_a_dataloader(
     assert [tuple(images.shape) for images, _ in batches] == [(4, 16, 16), (3, 16, 16)]
     nodule = card.label_names.index("Nodule")
     assert sum(int(labels[:, nodule].sum()) for _, labels in batches) == 7
+
+
+def test_a_dicom_dataset_reads_the_same_pixels_as_the_png_one(gateway_url, tmp_path: Path) -> None:
+    url, _ = gateway_url
+    datasets = {}
+    with Client(url, api_key=KEY) as client:
+        for fmt in ("png", "dicom"):
+            build_dataset(tmp_path / fmt, {"Effusion": 3}, seed=5, format=fmt, client=client, progress=False)
+            datasets[fmt] = SyntheticDataset(tmp_path / fmt)
+    assert len(datasets["dicom"]) == len(datasets["png"]) == 3
+    assert next((tmp_path / "dicom" / "images").rglob("*.dcm"))
+    for (png, png_labels), (dcm, dcm_labels) in zip(datasets["png"], datasets["dicom"], strict=True):
+        assert dcm.dtype == np.uint8 and np.array_equal(dcm, png) and np.array_equal(dcm_labels, png_labels)

@@ -16,6 +16,7 @@ disk with the manifest's SHA-256 are not fetched again.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import Counter
@@ -302,11 +303,25 @@ def _safe(model: str) -> str:
     return model.replace("/", "-")
 
 
+def decode_dicom(data: bytes) -> np.ndarray:
+    """The pixels of an 8-bit greyscale DICOM file (as the gateway writes) -> uint8 [H, W]. Needs pydicom
+    (`pip install pydicom`), which the SDK does not require for PNG datasets."""
+    try:
+        import pydicom
+    except ImportError:
+        raise DatasetError("reading DICOM images needs pydicom: pip install pydicom") from None
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    if dataset.get("BitsAllocated") != 8 or dataset.get("SamplesPerPixel") != 1:
+        raise DatasetError("only 8-bit greyscale DICOM images are read (as the gateway writes them)")
+    return np.asarray(dataset.pixel_array, dtype=np.uint8)
+
+
 class SyntheticDataset:
     """The synthetic images of a `build_dataset` folder as a map-style dataset: item i is
     (image uint8 [H, W], labels float32 [L]) in `label_names` order. Works with a PyTorch DataLoader
-    (it is indexable and sized) without importing torch. `include_real=True` with `real_root` (the
-    folder the base table's filenames are relative to) adds the real rows, read as PNGs too."""
+    (it is indexable and sized) without importing torch. PNG images are read by the SDK itself, DICOM
+    ones through pydicom. `include_real=True` with `real_root` (the folder the base table's filenames are
+    relative to) adds the real rows, read as PNGs too."""
 
     def __init__(self, out_dir: str | os.PathLike, include_real: bool = False,
                  real_root: str | os.PathLike | None = None) -> None:  # fmt: skip
@@ -338,8 +353,10 @@ class SyntheticDataset:
         name = row.get("filename") or row.get("Image Index", "")
         folder = self.root if row["synthetic"] == "1" else self.real_root
         path = folder / name
+        if path.suffix == ".dcm":
+            return decode_dicom(path.read_bytes()), self._labels[index].copy()
         if path.suffix != ".png":
-            raise DatasetError(f"{path.name}: only PNG images are read (format='png')")
+            raise DatasetError(f"{path.name}: only PNG and DICOM images are read")
         return decode_png(path.read_bytes()), self._labels[index].copy()
 
     def label_key(self, name: str) -> int:
