@@ -117,9 +117,7 @@ def test_a_generator_that_returns_the_training_set_gives_a_synthetic_over_real_r
     reals = train.images_at(16)
     real = clf.train_classifier(reals, train.labels, val.images_at(16), val.labels, epochs=2, seed=0)
     # "synthetic" images that are the training images with their own labels: the same classifier results
-    result, _ = train_on_synthetic(
-        names, real, reals, train.labels, reals.clone(), val, test, 16, opts, print
-    )
+    result, _ = train_on_synthetic(names, real, train.labels, reals.clone(), val, test, 16, opts, print)
     assert result["labels_reported"], "the test split has labels with enough positives"
     assert set(result["ratio_synthetic_over_real"].values()) == {1.0}
     assert result["real_trained"] == result["synthetic_trained"]

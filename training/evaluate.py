@@ -191,6 +191,11 @@ def _stats(values: np.ndarray) -> dict:
     }
 
 
+def pool_to(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Images [N, 1, R, R] area-averaged down to `resolution` (unchanged when already that size)."""
+    return F.adaptive_avg_pool2d(images, resolution) if images.shape[-1] != resolution else images
+
+
 @torch.no_grad()
 def generate_images(
     generate: Generate, latent_dim: int, seed: int, labels: torch.Tensor, resolution: int, batch: int = 64
@@ -201,7 +206,7 @@ def generate_images(
         rows = range(start, min(start + batch, len(labels)))
         z = torch.from_numpy(latents_for(seed, rows, latent_dim))
         images = generate(z, labels[start : start + len(rows)].float()).clamp(-1, 1)
-        out.append(F.adaptive_avg_pool2d(images, resolution) if images.shape[-1] != resolution else images)
+        out.append(pool_to(images, resolution))
     return torch.cat(out)
 
 
@@ -289,7 +294,6 @@ def _mean_of(table: dict) -> float:
 def train_on_synthetic(
     names: list[str],
     real: clf.TrainResult,
-    train_images: torch.Tensor,
     train_labels: torch.Tensor,
     synthetic: torch.Tensor,
     val: RadiographSet,
@@ -312,7 +316,7 @@ def train_on_synthetic(
         "classifier": opts.classifier,
         "input_px": px,
         "epochs": opts.epochs,
-        "train_images": len(train_images),
+        "train_images": len(synthetic),  # as many as the real training images, one per label vector
         "test_images": len(test),
         "bootstrap_resamples": opts.bootstrap,
         "real_trained": real_auc,
@@ -345,7 +349,7 @@ def controllability(
         labels = torch.zeros(len(values) * len(z), len(names))
         labels[:, j] = torch.from_numpy(np.repeat(values, len(z))).float()
         images = generate(z.repeat(len(values), 1), labels).clamp(-1, 1)
-        images = F.adaptive_avg_pool2d(images, px) if images.shape[-1] != px else images
+        images = pool_to(images, px)
         scores = clf.predict(model, images)[:, j].reshape(len(values), len(z))  # [steps, K]
         per_latent = [r for k in range(len(z)) if not math.isnan(r := spearman(values, scores[:, k]))]
         out[name] = {
@@ -499,9 +503,7 @@ def classifier_checks(
     )  # [N, 1, px, px]: the training set's label vectors, new latents
     timings["generate_synthetic_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tstr, _ = train_on_synthetic(
-        names, real, train_images, train.labels, synthetic, val, test, px, opts, progress
-    )
+    tstr, _ = train_on_synthetic(names, real, train.labels, synthetic, val, test, px, opts, progress)
     timings["train_on_synthetic_s"] = time.perf_counter() - t0
     progress(
         f"train on synthetic, test on real: mean AUC {tstr['mean_auc_synthetic_trained']} vs "
