@@ -13,6 +13,7 @@ from training.metrics import (
     cluster_order,
     frechet_distance,
     kernel_inception_distance,
+    mean_pairwise_distance,
     pearson_matrix,
     rankdata,
     roc_auc,
@@ -205,3 +206,20 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift() -> Non
         rng.normal(size=(2000, 8)), rng.normal(0.5, 1.0, size=(2000, 8)), subsets=50, subset_size=500
     )
     assert shifted["kid"] > 10 * shifted["std"] > 0, shifted
+
+
+def test_mean_pairwise_distance_of_known_sets() -> None:
+    assert mean_pairwise_distance(np.tile([[0.3, -2.0, 5.0]], (50, 1))) == 0.0  # one point, 50 times
+    assert mean_pairwise_distance(np.array([[0.0], [3.0]])) == pytest.approx(3.0)
+    assert mean_pairwise_distance(np.array([[0.0], [1.0], [3.0]])) == pytest.approx(2.0)  # (1 + 3 + 2) / 3
+    square = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # 4 sides of 1, 2 diagonals
+    assert mean_pairwise_distance(square) == pytest.approx((4 + 2 * math.sqrt(2)) / 6)
+    assert mean_pairwise_distance(1000.0 + square) == pytest.approx((4 + 2 * math.sqrt(2)) / 6)
+
+
+def test_mean_pairwise_distance_scales_with_the_features_and_matches_every_pair() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6))
+    pairs = [np.linalg.norm(x[i] - x[j]) for i in range(40) for j in range(i + 1, 40)]
+    assert mean_pairwise_distance(x, chunk=7) == pytest.approx(np.mean(pairs), rel=1e-12)
+    assert mean_pairwise_distance(2.5 * x) == pytest.approx(2.5 * np.mean(pairs), rel=1e-12)

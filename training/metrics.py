@@ -1,6 +1,6 @@
 """The evaluation's arithmetic, numpy only: ROC AUC with a bootstrap interval, rank and linear
-correlation, a leaf order that shows clustered labels as blocks, and the Fréchet and kernel distances
-between two sets of features.
+correlation, a leaf order that shows clustered labels as blocks, the Fréchet and kernel distances
+between two sets of features, and the mean pairwise distance within one set (the collapse detector).
 
 Nothing here knows about images, networks or labels' names: `training.classifier` and `training.evaluate`
 turn those into arrays and call these functions. float64 throughout, so that small differences (an AUC
@@ -210,3 +210,24 @@ def kernel_inception_distance(
         within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
         values[s] = within - 2.0 * _polynomial_kernel(x, y).mean()
     return {"kid": float(values.mean()), "std": float(values.std()), "subset_size": m}
+
+
+def mean_pairwise_distance(features: np.ndarray, chunk: int = 1024) -> float:
+    """The mean Euclidean distance over all unordered pairs of rows of `features` [N, D] (N >= 2): the
+    spread of a set, 0 when every row is the same. Scaling every feature by s scales it by s.
+
+    Squared distances come from the Gram matrix (|a|^2 + |b|^2 - 2 a.b, negative rounding clipped to
+    0) in row chunks, so a few thousand rows cost a few MB, not an [N, N, D] array."""
+    x = np.asarray(features, dtype=np.float64)
+    assert x.ndim == 2 and x.shape[0] >= 2, x.shape
+    x = x - x.mean(axis=0)  # distances are unchanged; the Gram terms stay small beside them
+    n = x.shape[0]
+    norms = (x * x).sum(axis=1)  # [N]
+    total = 0.0
+    for start in range(0, n, chunk):
+        block = x[start : start + chunk]  # [C, D]
+        squared = norms[start : start + chunk, None] + norms[None, :] - 2.0 * block @ x.T  # [C, N]
+        rows = np.arange(len(block))
+        squared[rows, start + rows] = 0.0  # a row's distance to itself, which rounding leaves above 0
+        total += float(np.sqrt(squared.clip(0.0)).sum())
+    return total / (n * (n - 1))  # each unordered pair was counted twice, once from each side
