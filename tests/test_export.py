@@ -264,18 +264,44 @@ def test_a_run_on_nih_layout_data_exports_with_its_label_counts(tmp_path: Path, 
         assert card.training_data.label_counts[name] == sum(int(table.labels[i][j]) for i in train_rows)
 
 
-def test_a_label_embedding_run_exports_and_serves(tmp_path: Path, data_dir: Path) -> None:
-    """The optional label embedding goes through ONNX (export checks parity) and the TorchServe handler."""
+CONDITIONING_VARIANTS = {
+    "embedding": {"label_embedding": True},
+    # issue 11's recipe: labels into every block, projection critic, ramp, augmentation, one cohort
+    "modulation": {
+        "label_modulation": 8,
+        "projection": True,
+        "cond_ramp_start_kimg": 0.032,
+        "cond_ramp_end_kimg": 0.064,
+        "augment_p": 0.3,
+        "ada_target": 0.6,
+        "rare_label_power": 0.5,
+        "patient_prefixes": ("nih_",),
+        "cohort": "NIH adults",
+    },
+}
+
+
+@pytest.mark.parametrize("variant", sorted(CONDITIONING_VARIANTS))
+def test_a_conditioning_variant_run_exports_and_serves(tmp_path: Path, data_dir: Path, variant: str) -> None:
+    """The optional label embedding and the per-block label modulation go through ONNX (export checks
+    parity) and the TorchServe handler; a cohort run's card counts that cohort's images only."""
     import dataclasses
 
     from training.config import load_config
     from training.train import RunOptions, train
 
-    cfg = dataclasses.replace(load_config("tiny"), name="tiny-embed", label_embedding=True)
+    settings = CONDITIONING_VARIANTS[variant]
+    cfg = dataclasses.replace(load_config("tiny"), name=f"tiny-{variant}", **settings)
     run = tmp_path / "run"
     train(cfg, RunOptions(run, data_dir, limit_images=32, quiet=True))
-    model = export_model(run, "tiny-embed", "1", store=tmp_path / "store")
-    assert json.loads(model.file("config").read_text())["label_embedding"] is True
+    model = export_model(run, f"tiny-{variant}", "1", store=tmp_path / "store")
+    config = json.loads(model.file("config").read_text())
+    assert config["label_embedding"] is settings.get("label_embedding", False)
+    assert config["label_modulation"] == settings.get("label_modulation", 0)
+    if "patient_prefixes" in settings:
+        assert config["patient_prefixes"] == ["nih_"] and config["cohort"] == "NIH adults"
+        card = ModelCard.model_validate(model.card())
+        assert [source.name.split()[0] for source in card.training_data.sources] == ["NIH"]
     with zipfile.ZipFile(model.file("mar")) as mar:
         mar.extractall(tmp_path / "mar")
     handler = GeneratorHandler()

@@ -132,7 +132,13 @@ def load_checkpoint(
     return meta, extra
 
 
-def generator_config(G: Generator, label_names: tuple[str, ...], channels: dict[int, int]) -> dict:
+def generator_config(
+    G: Generator, label_names: tuple[str, ...], channels: dict[int, int], cfg: object | None = None
+) -> dict:
+    """What `load_generator` needs to rebuild G, plus the cohort it was trained on (from `cfg`)."""
+    cohort = {}
+    if cfg is not None and getattr(cfg, "patient_prefixes", ()):
+        cohort = {"patient_prefixes": list(cfg.patient_prefixes), "cohort": cfg.cohort}
     return {
         "architecture": "thorax-pggan-generator",
         "resolution": G.resolution,
@@ -140,8 +146,10 @@ def generator_config(G: Generator, label_names: tuple[str, ...], channels: dict[
         "label_names": list(label_names),
         "label_encoding": "continuous 0..1 per label; all zeros = no finding",
         "label_embedding": G.label_embedding,
+        "label_modulation": G.label_modulation,
         "channels": {str(k): v for k, v in channels.items() if k <= G.resolution},
         "output": "one-channel image, about [-1, 1]; clamp, then (x + 1) * 127.5 gives 8-bit grey",
+        **cohort,
     }
 
 
@@ -167,6 +175,7 @@ def load_generator(model_dir: Path) -> tuple[Generator, dict]:
         len(config["label_names"]),
         channels,
         config.get("label_embedding", False),
+        config.get("label_modulation", 0),
     )
     G.load_state_dict(load_safetensors(weights.read_bytes()), strict=True)
     return G.eval().requires_grad_(False), config

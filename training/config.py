@@ -47,6 +47,25 @@ class TrainConfig:
     drift: float = 0.001
     label_weight: float = 1.0
     label_embedding: bool = False  # the generator maps the labels to latent_dim features (see networks.py)
+    label_modulation: int = 0  # width of the label embedding that modulates every block; 0 = input only
+    projection: bool = False  # projection discriminator: the critic's score gets <W c, features>
+    # The conditional terms (labels at the input, modulations, projection) are multiplied by a gain
+    # that rises linearly from 0 to 1 between these two points (kimg); equal points = 1 throughout.
+    cond_ramp_start_kimg: float = 0.0
+    cond_ramp_end_kimg: float = 0.0
+    # Differentiable augmentation of everything the critic sees (training/augment.py). augment_p is
+    # the starting strength; with ada_target > 0 it adapts to the overfitting signal r_t (ADA).
+    augment_p: float = 0.0
+    ada_target: float = 0.0
+    ada_speed_kimg: float = 100.0
+    ada_p_max: float = 0.8
+    # Label vectors (real and fake alike) are drawn with weight (1 / prevalence of the rarest label
+    # present) ** rare_label_power: 0 = as in the data, 1 = every label about as often as any other.
+    rare_label_power: float = 0.0
+    # Train on one cohort only: patients whose id starts with one of these (e.g. ["nih_"] for NIH's
+    # adults); empty = every patient. `cohort` names it in the model card.
+    patient_prefixes: tuple[str, ...] = ()
+    cohort: str = ""
     mbstd_group: int = 4
     # Exponential moving average of the generator's weights; the averaged generator is exported.
     ema_beta: float = 0.999
@@ -79,6 +98,13 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def cond_gain(self, images_shown: int) -> float:
+        """The conditioning ramp's gain after `images_shown` images: 0 -> 1 over its kimg range."""
+        start, end = self.cond_ramp_start_kimg * 1000, self.cond_ramp_end_kimg * 1000
+        if images_shown >= end or end <= start:
+            return 1.0
+        return min(1.0, max(0.0, (images_shown - start) / (end - start)))
+
 
 def _validate(cfg: TrainConfig, source: str) -> None:
     def fail(msg: str) -> None:
@@ -103,6 +129,16 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         fail(f"split fractions must be >= 0 and sum to 1, got {cfg.split}")
     if cfg.gp_every < 1:
         fail("gp_every must be >= 1")
+    if cfg.label_modulation < 0:
+        fail("label_modulation must be >= 0 (0 = off)")
+    if cfg.cond_ramp_end_kimg < cfg.cond_ramp_start_kimg or cfg.cond_ramp_start_kimg < 0:
+        fail("the conditioning ramp needs 0 <= cond_ramp_start_kimg <= cond_ramp_end_kimg")
+    if not 0.0 <= cfg.augment_p <= 1.0 or not 0.0 <= cfg.ada_p_max <= 1.0:
+        fail("augment_p and ada_p_max must lie in 0..1")
+    if not 0.0 <= cfg.ada_target < 1.0 or cfg.ada_speed_kimg <= 0:
+        fail("ada_target must lie in 0..1 (0 = fixed strength) and ada_speed_kimg be > 0")
+    if cfg.rare_label_power < 0:
+        fail("rare_label_power must be >= 0")
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> TrainConfig:
@@ -114,7 +150,7 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> TrainConfig:
         raise UserError(f"config {source}: no [[stages]] entries") from None
     except TypeError as exc:
         raise UserError(f"config {source}: bad [[stages]] entry: {exc}") from None
-    for key in ("label_names", "split"):
+    for key in ("label_names", "split", "patient_prefixes"):
         if key in raw:
             raw[key] = tuple(raw[key])
     known = {f.name for f in dataclasses.fields(TrainConfig)}

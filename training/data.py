@@ -163,6 +163,9 @@ class RadiographSet:
         fractions:   train / validation / test fractions of patients.
         seed:        seed of the split hash.
         limit:       keep only the first `limit` images of the split (tests).
+        patient_prefixes: keep only patients whose id starts with one of these (a cohort, e.g.
+                     ("nih_",) for NIH's adults); empty keeps everyone. The split is unchanged: a
+                     patient keeps its side whatever the filter.
     """
 
     def __init__(
@@ -174,6 +177,7 @@ class RadiographSet:
         fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
         seed: int = 0,
         limit: int | None = None,
+        patient_prefixes: tuple[str, ...] = (),
     ) -> None:
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
@@ -181,14 +185,21 @@ class RadiographSet:
         self.label_table_path = find_label_table(data_dir)
         table = read_label_table(self.label_table_path, label_names)
         self.split_files = patient_split(table, fractions, seed)
+        if patient_prefixes:  # the cohort's files only, so that split.json describes what was used
+            cohort = {f for f, pid in zip(table.filenames, table.patient_ids, strict=True)
+                      if pid.startswith(tuple(patient_prefixes))}  # fmt: skip
+            self.split_files = {k: [f for f in v if f in cohort] for k, v in self.split_files.items()}
         keep = set(table.filenames) if split == "all" else set(self.split_files[split])
         index = _image_index(data_dir)
         rows = [i for i, f in enumerate(table.filenames) if f in keep and f in index]
+        if patient_prefixes:
+            rows = [i for i in rows if table.patient_ids[i].startswith(tuple(patient_prefixes))]
         if limit is not None:
             rows = rows[:limit]
         if not rows:
             raise UserError(
                 f"{data_dir}: no images of the {split!r} split were found next to its label table"
+                + (f" (patients {', '.join(patient_prefixes)}*)" if patient_prefixes else "")
             )
         self.label_names = label_names
         self.filenames = [table.filenames[i] for i in rows]

@@ -40,6 +40,7 @@ from training.config import config_from_dict
 from training.data import read_label_table
 from training.networks import Generator, fold_equalized_lr
 from training.sample import sample_grid
+from training.train import make_generator
 
 ONNX_OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -95,7 +96,7 @@ def load_run_generator(source: Path) -> tuple[Generator, dict, Path]:
     cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
     meta = json.loads(meta_path.read_text())
     tensors = load_safetensors((meta_path.parent / meta["weights"]).read_bytes())
-    G = Generator(cfg.resolution, cfg.latent_dim, len(cfg.label_names), cfg.channels, cfg.label_embedding)
+    G = make_generator(cfg)
     G.load_state_dict({k.removeprefix("G_ema/"): v for k, v in tensors.items() if k.startswith("G_ema/")})
     info = {"cfg": cfg, "meta": meta, "run_dir": run_dir}
     return G.eval().requires_grad_(False), info, meta_path
@@ -417,7 +418,7 @@ def export_model(
     try:
         cfg = info["cfg"]
         provenance = {"exported_from": str(meta_path), "kimg": info["meta"]["images_shown"] / 1000}
-        save_generator(work, G, generator_config(G, cfg.label_names, cfg.channels), provenance)
+        save_generator(work, G, generator_config(G, cfg.label_names, cfg.channels, cfg), provenance)
         export_onnx(G, work / "generator.onnx")
         worst = onnx_parity(G, work / "generator.onnx")
         if worst > PARITY_TOLERANCE:

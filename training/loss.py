@@ -21,12 +21,20 @@ def gradient_penalty(
     level: int,
     alpha: float,
     generator: torch.Generator,
+    real_labels: torch.Tensor | None = None,
+    fake_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(||grad D(x_hat)|| - 1)^2 at random points between reals and fakes, always in fp32."""
+    """(||grad D(x_hat)|| - 1)^2 at random points between reals and fakes, always in fp32.
+
+    A projection critic also needs labels there: they are blended with the same weights as the images.
+    """
     eps = torch.rand(reals.shape[0], 1, 1, 1, generator=generator).to(reals.device)  # CPU generator
     mixed = torch.lerp(reals.float(), fakes.float(), eps).requires_grad_(True)  # [N, 1, R, R]
+    labels = None
+    if real_labels is not None and fake_labels is not None:
+        labels = torch.lerp(real_labels.float(), fake_labels.float(), eps.view(-1, 1))  # [N, L]
     with torch.autocast(device_type=reals.device.type, enabled=False):
-        score, _ = D(mixed, level, alpha)
+        score, _ = D(mixed, level, alpha, labels)
     (grad,) = torch.autograd.grad(score.sum(), mixed, create_graph=True)
     norm = grad.flatten(1).norm(dim=1)  # [N]
     return (norm - 1.0).square().mean()

@@ -102,18 +102,53 @@ def downsample2(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
-class GeneratorBlock(nn.Module):
-    """Doubles the resolution: nearest upsampling, then two 3x3 convolutions with pixel norm."""
+class LabelModulation(nn.Module):
+    """Conditional normalisation: a per-channel scale and shift of pixel-normalised features, computed
+    from the label embedding (Dumoulin et al. 2017; de Vries et al. 2017).
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    The output layer starts at zero, so a new network is unconditional until it learns otherwise, and
+    `gain` (0..1, set by the training loop) ramps the labels' effect in.
+
+    Args:
+        embed_dim: width of the label embedding it reads.
+        channels:  feature maps it modulates.
+    """
+
+    def __init__(self, embed_dim: int, channels: int) -> None:
+        super().__init__()
+        self.affine = EqualizedLinear(embed_dim, 2 * channels, gain=1.0)
+        with torch.no_grad():
+            self.affine.weight.zero_()
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        scale, shift = self.affine(embedding).to(x.dtype).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        return x * (1.0 + gain * scale) + gain * shift  # scale, shift: [N, C, 1, 1]
+
+
+class GeneratorBlock(nn.Module):
+    """Doubles the resolution: nearest upsampling, then two 3x3 convolutions with pixel norm, each
+    followed by a label modulation when the generator has one."""
+
+    def __init__(self, in_channels: int, out_channels: int, embed_dim: int = 0) -> None:
         super().__init__()
         self.conv0 = EqualizedConv2d(in_channels, out_channels, 3)
         self.conv1 = EqualizedConv2d(out_channels, out_channels, 3)
+        if embed_dim:
+            self.mod0 = LabelModulation(embed_dim, out_channels)
+            self.mod1 = LabelModulation(embed_dim, out_channels)
+        self.modulated = bool(embed_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, embedding: torch.Tensor | None = None, gain: float = 1.0
+    ) -> torch.Tensor:
         x = upsample2(x)  # [N, Cin, 2H, 2W]
         x = pixel_norm(lrelu(self.conv0(x)))  # [N, Cout, 2H, 2W]
-        return pixel_norm(lrelu(self.conv1(x)))
+        if self.modulated:
+            x = self.mod0(x, embedding, gain)
+        x = pixel_norm(lrelu(self.conv1(x)))
+        if self.modulated:
+            x = self.mod1(x, embedding, gain)
+        return x
 
 
 class Generator(nn.Module):
@@ -127,6 +162,13 @@ class Generator(nn.Module):
         label_embedding: False (the paper): the labels are concatenated to the latent as they are, 14 of
                     526 inputs. True: a dense layer first maps them to latent_dim features, normalised
                     apart from the latent, so that labels and latent enter with equal weight.
+        label_modulation: width of a label embedding (a two-layer mapping of the label vector) that
+                    scales and shifts the features after every convolution of every block, 4x4
+                    included (conditional normalisation); 0 (the paper) conditions at the input only.
+
+    `cond_gain` (a plain attribute, 1.0 outside training) scales every conditional term: the labels
+    at the input and the modulations. The training loop ramps it from 0 to 1 so that the network
+    first learns radiographs, then what the labels change in them.
     """
 
     def __init__(
@@ -136,14 +178,25 @@ class Generator(nn.Module):
         num_labels: int,
         channels: dict[int, int],
         label_embedding: bool = False,
+        label_modulation: int = 0,
     ) -> None:
         super().__init__()
         self.resolution = resolution
         self.latent_dim = latent_dim
         self.num_labels = num_labels
         self.label_embedding = label_embedding
+        self.label_modulation = label_modulation
+        self.cond_gain = 1.0
         self.max_level = level_of(resolution)
         c4 = channels[4]
+        if label_modulation:
+            self.label_map = nn.Sequential(
+                EqualizedLinear(num_labels, label_modulation),
+                nn.LeakyReLU(LRELU_SLOPE),
+                EqualizedLinear(label_modulation, label_modulation),
+                nn.LeakyReLU(LRELU_SLOPE),
+            )
+            self.mod4 = LabelModulation(label_modulation, c4)
         if label_embedding:
             self.embed = EqualizedLinear(num_labels, latent_dim, gain=1.0)
         label_width = latent_dim if label_embedding else num_labels
@@ -154,7 +207,7 @@ class Generator(nn.Module):
         self.to_rgb = nn.ModuleDict({"4": EqualizedConv2d(c4, 1, 1, gain=1.0)})
         for level in range(2, self.max_level + 1):
             res = resolution_of(level)
-            self.blocks[str(res)] = GeneratorBlock(channels[res // 2], channels[res])
+            self.blocks[str(res)] = GeneratorBlock(channels[res // 2], channels[res], label_modulation)
             self.to_rgb[str(res)] = EqualizedConv2d(channels[res], 1, 1, gain=1.0)
 
     def forward(
@@ -164,17 +217,21 @@ class Generator(nn.Module):
         level = self.max_level if level is None else level
         assert z.shape[1] == self.latent_dim and labels.shape[1] == self.num_labels, (z.shape, labels.shape)
         labels = labels.to(z.dtype)
+        gain = self.cond_gain
+        embedding = self.label_map(labels) if self.label_modulation else None  # [N, E]
         if self.label_embedding:
-            x = torch.cat([pixel_norm(z), pixel_norm(self.embed(labels))], dim=1)  # [N, 2 * latent]
+            x = torch.cat([pixel_norm(z), gain * pixel_norm(self.embed(labels))], dim=1)  # [N, 2 * latent]
         else:
-            x = pixel_norm(torch.cat([z, labels], dim=1))  # [N, latent + labels]
+            x = pixel_norm(torch.cat([z, gain * labels], dim=1))  # [N, latent + labels]
         x = self.dense(x).view(x.shape[0], -1, 4, 4)  # [N, C4, 4, 4]
         x = pixel_norm(lrelu(x))
         x = pixel_norm(lrelu(self.conv4(x)))  # [N, C4, 4, 4]
+        if self.label_modulation:
+            x = self.mod4(x, embedding, gain)
         previous = x
         for lv in range(2, level + 1):
             previous = x
-            x = self.blocks[str(resolution_of(lv))](x)  # [N, C_res, res, res]
+            x = self.blocks[str(resolution_of(lv))](x, embedding, gain)  # [N, C_res, res, res]
         out = self.to_rgb[str(resolution_of(level))](x)  # [N, 1, R, R]
         if level > 1 and alpha < 1.0:
             skip = upsample2(self.to_rgb[str(resolution_of(level - 1))](previous))  # [N, 1, R, R]
@@ -219,20 +276,32 @@ class DiscriminatorBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Conditional PGGAN discriminator (critic) with an auxiliary label classifier.
+    """Conditional PGGAN discriminator (critic) with an auxiliary label classifier and, optionally, a
+    projection term.
 
     Returns the Wasserstein critic score [N] and one logit per label [N, num_labels]; the logits are
-    trained with a per-label sigmoid cross-entropy on real images and on the generator's fakes.
+    trained with a per-label sigmoid cross-entropy on real images and on the generator's fakes (the
+    ACGAN head; its weight in the loss may be 0). With `projection`, the score given labels `c` is
+    the unconditional score plus <W c, h>, the inner product of a label embedding, linear in the
+    continuous 0..1 label vector, with the critic's last features h (Miyato & Koyama 2018).
 
     Args:
         resolution:  final image side.
         num_labels:  size of the label vector.
         channels:    feature maps per resolution (mirrors the generator).
         mbstd_group: group size of the minibatch standard deviation.
+        projection:  add the projection term (needs the labels in `forward`).
+
+    `cond_gain` (1.0 outside training) scales the projection term, ramped in with the generator's.
     """
 
     def __init__(
-        self, resolution: int, num_labels: int, channels: dict[int, int], mbstd_group: int = 4
+        self,
+        resolution: int,
+        num_labels: int,
+        channels: dict[int, int],
+        mbstd_group: int = 4,
+        projection: bool = False,
     ) -> None:
         super().__init__()
         self.resolution = resolution
@@ -250,11 +319,20 @@ class Discriminator(nn.Module):
         self.conv4 = EqualizedConv2d(c4 + 1, c4, 3)
         self.dense = EqualizedLinear(c4 * 16, c4)
         self.out = EqualizedLinear(c4, 1 + num_labels, gain=1.0)
+        self.projection = projection
+        self.cond_gain = 1.0
+        if projection:  # a label's embedding is a column; zero at first, so D starts unconditional
+            self.label_proj = nn.Parameter(torch.zeros(c4, num_labels))
+            self.label_proj_scale = 1.0 / math.sqrt(num_labels)  # equalized learning rate
 
     def forward(
-        self, images: torch.Tensor, level: int | None = None, alpha: float = 1.0
+        self,
+        images: torch.Tensor,
+        level: int | None = None,
+        alpha: float = 1.0,
+        labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """images: [N, 1, R, R] -> (score [N], label_logits [N, num_labels])."""
+        """images: [N, 1, R, R], labels: [N, num_labels] -> (score [N], label_logits [N, num_labels])."""
         level = self.max_level if level is None else level
         res = resolution_of(level)
         assert images.shape[-1] == res, f"level {level} expects {res} px, got {images.shape[-1]}"
@@ -270,4 +348,10 @@ class Discriminator(nn.Module):
         x = lrelu(self.conv4(x))  # [N, C4, 4, 4]
         x = lrelu(self.dense(x.flatten(1)))  # [N, C4]
         out = self.out(x)  # [N, 1 + L]
-        return out[:, 0], out[:, 1:]
+        score = out[:, 0]
+        if self.projection:
+            assert labels is not None, "a projection discriminator needs the labels"
+            embedding = F.linear(labels.to(x.dtype), self.label_proj * self.label_proj_scale)  # [N, C4]
+            proj = (embedding * x).sum(dim=1)  # [N]
+            score = score + self.cond_gain * proj.to(score.dtype)
+        return score, out[:, 1:]

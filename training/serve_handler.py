@@ -57,6 +57,7 @@ class GeneratorHandler:
             len(self.config["label_names"]),
             channels,
             self.config.get("label_embedding", False),
+            self.config.get("label_modulation", 0),
         )
         G.load_state_dict(load_file(model_dir / "generator.safetensors"), strict=True)
         self.G = G.eval().requires_grad_(False)

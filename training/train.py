@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from thorax.errors import UserError
+from training.augment import AdaptiveStrength, augment
 from training.checkpoint import (
     generator_config,
     latest_checkpoint,
@@ -36,6 +37,39 @@ from training.loss import discriminator_loss, generator_loss, gradient_penalty
 from training.networks import Discriminator, Generator, downsample2, upsample2
 from training.sample import sample_grid
 from training.schedule import Phase, alpha_at, phase_at, phases
+
+
+def make_generator(cfg: TrainConfig) -> Generator:
+    """The generator a config describes (random weights)."""
+    return Generator(
+        cfg.resolution,
+        cfg.latent_dim,
+        len(cfg.label_names),
+        cfg.channels,
+        cfg.label_embedding,
+        cfg.label_modulation,
+    )
+
+
+def make_discriminator(cfg: TrainConfig) -> Discriminator:
+    return Discriminator(cfg.resolution, len(cfg.label_names), cfg.channels, cfg.mbstd_group, cfg.projection)
+
+
+def label_row_weights(labels: torch.Tensor, power: float) -> torch.Tensor | None:
+    """Sampling weight of each label vector: (1 / prevalence of its rarest positive label) ** power.
+
+    Rows with no positive label count as the "no finding" class with its own prevalence. None when
+    `power` is 0 (draw rows uniformly, as in the data).
+    """
+    if power <= 0:
+        return None
+    positive = labels > 0.5  # [N, L]
+    prevalence = positive.float().mean(0).clamp_min(1.0 / len(labels))  # [L]
+    none_prevalence = max((~positive.any(1)).float().mean().item(), 1.0 / len(labels))
+    rarest = torch.where(positive, prevalence, torch.ones_like(prevalence)).min(1).values  # [N]
+    rarest = torch.where(positive.any(1), rarest, torch.full_like(rarest, none_prevalence))
+    weights = rarest.pow(-power)
+    return weights / weights.sum()
 
 
 class TrainingDiverged(RuntimeError):
@@ -95,15 +129,20 @@ class Trainer:
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
         self.data = RadiographSet(
-            opts.data_dir, cfg.resolution, cfg.label_names, "train", cfg.split, cfg.seed, opts.limit_images
+            opts.data_dir,
+            cfg.resolution,
+            cfg.label_names,
+            "train",
+            cfg.split,
+            cfg.seed,
+            opts.limit_images,
+            cfg.patient_prefixes,
         )
+        self.row_weights = label_row_weights(self.data.labels, cfg.rare_label_power)
         torch.manual_seed(cfg.seed)  # network initialisation only; the run's own stream is `self.rng`
-        n_labels = len(cfg.label_names)
-        self.G = Generator(cfg.resolution, cfg.latent_dim, n_labels, cfg.channels, cfg.label_embedding)
-        self.G = self.G.to(self.device)
-        self.D = Discriminator(cfg.resolution, n_labels, cfg.channels, cfg.mbstd_group).to(self.device)
-        self.G_ema = Generator(cfg.resolution, cfg.latent_dim, n_labels, cfg.channels, cfg.label_embedding)
-        self.G_ema = self.G_ema.to(self.device)
+        self.G = make_generator(cfg).to(self.device)
+        self.D = make_discriminator(cfg).to(self.device)
+        self.G_ema = make_generator(cfg).to(self.device)
         self.G_ema.load_state_dict(self.G.state_dict())
         self.G_ema.requires_grad_(False).eval()
         for net in (self.G, self.D, self.G_ema):
@@ -118,6 +157,9 @@ class Trainer:
         self.data_perm = torch.randperm(len(self.data), generator=self.rng)
         self.data_pos = 0
         self.last_gp = 0.0  # the latest gradient penalty, for progress lines
+        self.ada = AdaptiveStrength(
+            cfg.ada_target or None, cfg.ada_speed_kimg, p_max=cfg.ada_p_max, p=cfg.augment_p
+        )
         self._stop_requested = False
         self._resume_if_possible()
 
@@ -154,6 +196,8 @@ class Trainer:
         self.trained_resolution = meta["trained_resolution"]
         self.elapsed_s = meta["elapsed_s"]
         self.data_pos = meta["data_pos"]
+        if "augment" in meta:
+            self.ada.load_state(meta["augment"])
         self.rng.set_state(extra["rng"])
         self.data_perm = extra["data_perm"]
         if len(self.data_perm) != len(self.data):
@@ -167,6 +211,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _next_indices(self, batch: int) -> torch.Tensor:
+        if self.row_weights is not None:  # rare labels over-represented
+            return torch.multinomial(self.row_weights, batch, replacement=True, generator=self.rng)
         if self.data_pos + batch > len(self.data_perm):
             self.data_perm = torch.randperm(len(self.data), generator=self.rng)
             self.data_pos = 0
@@ -177,8 +223,12 @@ class Trainer:
         return idx
 
     def _fake_labels(self, batch: int) -> torch.Tensor:
-        """Fake conditions are real label vectors of the training set, so their mix is realistic."""
-        rows = torch.randint(len(self.data), (batch,), generator=self.rng)
+        """Fake conditions are real label vectors of the training set, so their mix is realistic (drawn
+        with the same weights as the real images when rare labels are over-represented)."""
+        if self.row_weights is not None:
+            rows = torch.multinomial(self.row_weights, batch, replacement=True, generator=self.rng)
+        else:
+            rows = torch.randint(len(self.data), (batch,), generator=self.rng)
         return self.data.labels[rows].to(self.device)
 
     def _reals(self, phase: Phase, alpha: float, idx: torch.Tensor) -> torch.Tensor:
@@ -187,9 +237,19 @@ class Trainer:
             x = torch.lerp(upsample2(downsample2(x)), x, alpha)
         return x.contiguous(memory_format=self.memory_format)
 
+    def _critic(
+        self, images: torch.Tensor, labels: torch.Tensor, level: int, alpha: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The critic on augmented images (the same augmentation for reals and fakes)."""
+        images = augment(images, self.ada.p, self.rng)
+        return self.D(images.contiguous(memory_format=self.memory_format), level, alpha, labels)
+
     def train_step(self, phase: Phase) -> dict[str, float]:
         cfg, batch, level = self.cfg, phase.batch, phase.level
         alpha = alpha_at(phase, self.images_shown)
+        gain = cfg.cond_gain(self.images_shown)
+        for net in (self.G, self.D, self.G_ema):
+            net.cond_gain = gain
         idx = self._next_indices(batch)
         reals = self._reals(phase, alpha, idx)
         real_labels = self.data.labels[idx].to(self.device)
@@ -201,9 +261,11 @@ class Trainer:
         with torch.no_grad(), self._autocast():
             fakes = self.G(z, fake_labels, level, alpha)
         fakes = fakes.float().contiguous(memory_format=self.memory_format)
+        reals_aug = augment(reals, self.ada.p, self.rng).contiguous(memory_format=self.memory_format)
+        fakes_aug = augment(fakes, self.ada.p, self.rng).contiguous(memory_format=self.memory_format)
         with self._autocast():
-            real_score, real_logits = self.D(reals, level, alpha)
-            fake_score, fake_logits = self.D(fakes, level, alpha)
+            real_score, real_logits = self.D(reals_aug, level, alpha, real_labels)
+            fake_score, fake_logits = self.D(fakes_aug, level, alpha, fake_labels)
         d = discriminator_loss(
             real_score,
             fake_score,
@@ -216,12 +278,15 @@ class Trainer:
         )
         d_total = d["total"]
         if self.step % cfg.gp_every == 0:
-            gp = gradient_penalty(self.D, reals, fakes, level, alpha, self.rng)
+            gp = gradient_penalty(
+                self.D, reals_aug, fakes_aug, level, alpha, self.rng, real_labels, fake_labels
+            )
             d_total = d_total + cfg.gp_lambda * cfg.gp_every * gp
             self.last_gp = gp.item()
         self.opt_D.zero_grad(set_to_none=True)
         d_total.backward()
         self.opt_D.step()
+        self.ada.update(real_score.detach(), fake_score.detach())
 
         # Generator.
         self.D.requires_grad_(False)
@@ -229,7 +294,7 @@ class Trainer:
         fake_labels = self._fake_labels(batch)
         with self._autocast():
             fakes = self.G(z, fake_labels, level, alpha)
-            fake_score, fake_logits = self.D(fakes.contiguous(memory_format=self.memory_format), level, alpha)
+            fake_score, fake_logits = self._critic(fakes, fake_labels, level, alpha)
         g = generator_loss(fake_score, fake_logits, fake_labels, cfg.label_weight)
         self.opt_G.zero_grad(set_to_none=True)
         g["total"].backward()
@@ -245,6 +310,9 @@ class Trainer:
             "label_D": d["label"].item(),
             "loss_G": g["total"].item(),
             "label_G": g["label"].item(),
+            "augment_p": self.ada.p,
+            "rt": self.ada.rt,
+            "cond_gain": gain,
         }
         if not all(math.isfinite(v) for v in stats.values()):
             raise TrainingDiverged(
@@ -288,6 +356,7 @@ class Trainer:
             "trained_resolution": self.trained_resolution,
             "elapsed_s": self.elapsed_s,
             "data_pos": self.data_pos,
+            "augment": self.ada.state(),
             "bf16": self.bf16,
             "torch": torch.__version__,
         }
@@ -305,7 +374,7 @@ class Trainer:
     def export_generator(self, out_dir: Path) -> None:
         """The averaged generator alone, at the resolution reached so far, with its provenance."""
         G = self.G_ema.to(memory_format=torch.contiguous_format)
-        config = generator_config(G, self.cfg.label_names, self.cfg.channels)
+        config = generator_config(G, self.cfg.label_names, self.cfg.channels, self.cfg)
         phase = phase_at(self.cfg, self.images_shown)
         extra = {
             "training": {
@@ -374,7 +443,9 @@ class Trainer:
                         f"{phase.resolution:4d}px {phase.kind:6s} a={alpha:.2f} "
                         f"kimg {self.images_shown / 1000:7.1f}/{cfg.total_kimg:g}  "
                         f"D {stats['loss_D']:+.3f} (W {stats['wasserstein']:+.3f} gp {stats['gp']:.3f} "
-                        f"lab {stats['label_D']:.3f})  G {stats['loss_G']:+.3f}  {rate:6.1f} img/s  "
+                        f"lab {stats['label_D']:.3f})  G {stats['loss_G']:+.3f}  "
+                        f"aug {stats['augment_p']:.2f} rt {stats['rt']:+.2f} cond {stats['cond_gain']:.2f}  "
+                        f"{rate:6.1f} img/s  "
                         f"phase left {_fmt_duration(phase_left)}  run left {_fmt_duration(run_left)}",
                         {
                             "kimg": self.images_shown / 1000,

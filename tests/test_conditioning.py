@@ -1,0 +1,152 @@
+"""Issue 11's conditioning: labels into every generator block, the projection critic, the ramp, the
+differentiable augmentation with its adaptive strength, and rare-label sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thorax.errors import UserError
+from training.augment import AdaptiveStrength, augment, brightness_contrast, cutout, translate
+from training.config import config_from_dict, load_config
+from training.networks import Discriminator, Generator, fold_equalized_lr
+from training.train import label_row_weights
+
+CHANNELS = {4: 8, 8: 8, 16: 6}
+LATENT, LABELS = 12, 14
+
+
+def _modulated(seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    return Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10).eval()
+
+
+def test_modulation_starts_unconditional_and_then_steers_every_block() -> None:
+    G = _modulated()
+    z = torch.randn(3, LATENT)
+    sick = torch.zeros(3, LABELS)
+    sick[:, 1] = 1.0
+    G.cond_gain = 0.0  # the ramp's start: labels have no effect at all
+    assert torch.equal(G(z, torch.zeros(3, LABELS)), G(z, sick))
+    G.cond_gain = 1.0
+    with torch.no_grad():  # a trained modulation: only the 16 px block's scale and shift move
+        G.blocks["16"].mod1.affine.weight.normal_()
+    healthy_out, sick_out = G(z, torch.zeros(3, LABELS)), G(z, sick)
+    assert not torch.allclose(healthy_out, sick_out)
+    G.cond_gain = 0.0
+    assert torch.equal(G(z, torch.zeros(3, LABELS)), G(z, sick))
+
+
+def test_modulated_generator_folds_for_export_without_changing_its_images() -> None:
+    G = _modulated()
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if "affine" in name:
+                p.normal_(0, 0.5)
+    z, labels = torch.randn(4, LATENT), torch.rand(4, LABELS)
+    before = G(z, labels)
+    after = fold_equalized_lr(G)(z, labels)
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_projection_critic_adds_a_term_linear_in_the_labels() -> None:
+    torch.manual_seed(0)
+    D = Discriminator(16, LABELS, CHANNELS, projection=True)
+    with torch.no_grad():
+        D.label_proj.normal_()
+    x = torch.randn(4, 1, 16, 16)
+    a, b = torch.rand(4, LABELS), torch.rand(4, LABELS)
+    zero, _ = D(x, labels=torch.zeros(4, LABELS))
+    sa, sb, sab = D(x, labels=a)[0], D(x, labels=b)[0], D(x, labels=a + b)[0]
+    assert torch.allclose(sab - zero, (sa - zero) + (sb - zero), atol=1e-4)  # linear in c
+    assert not torch.allclose(sa, zero)
+    D.cond_gain = 0.0
+    assert torch.equal(D(x, labels=a)[0], zero)
+    with pytest.raises(AssertionError, match="needs the labels"):
+        D(x)
+
+
+def test_augmentation_is_identity_at_zero_strength_and_differentiable() -> None:
+    x = torch.rand(8, 1, 16, 16) * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+    assert augment(x, 0.0, gen) is x
+    for op in (translate, cutout, brightness_contrast):
+        assert torch.allclose(op(x, 0.0, torch.Generator().manual_seed(1)), x, atol=1e-6)
+    y = x.clone().requires_grad_(True)
+    out = augment(y, 1.0, torch.Generator().manual_seed(2))
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    out.sum().backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0  # the generator's gradient passes through
+
+
+def test_translation_moves_content_and_pads_black_without_flipping() -> None:
+    x = torch.full((64, 1, 16, 16), -1.0)
+    x[:, :, 4, 3] = 1.0  # one bright pixel, off centre
+    out = translate(x, 1.0, torch.Generator().manual_seed(0))
+    where = [(img[0] == 1.0).nonzero().tolist() for img in out]
+    assert all(len(w) <= 1 for w in where)
+    moved = {tuple(w[0]) for w in where if w}
+    assert len(moved) > 5  # shifts differ between images
+    assert all(abs(r - 4) <= 2 and abs(c - 3) <= 2 for r, c in moved)  # at most 1/8 of the side
+    assert set(out.unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_augmentation_is_reproducible_from_the_run_generator() -> None:
+    x = torch.rand(8, 1, 16, 16)
+    a = augment(x, 0.5, torch.Generator().manual_seed(7))
+    b = augment(x, 0.5, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_adaptive_strength_rises_while_the_critic_overfits_and_falls_after() -> None:
+    ada = AdaptiveStrength(target=0.6, speed_kimg=0.1, interval=2, p_max=0.8)
+    real, fake = torch.ones(32), torch.zeros(32)  # every real above every fake: r_t = 1
+    for _ in range(8):
+        ada.update(real, fake)
+    assert ada.rt == 1.0 and 0.0 < ada.p <= 0.8
+    high = ada.p
+    mixed = torch.cat([torch.ones(16), -torch.ones(16)])  # half above the fakes' mean: r_t = 0
+    for _ in range(4):
+        ada.update(mixed, fake)
+    assert ada.rt == 0.0 and ada.p < high
+    restored = AdaptiveStrength(target=0.6, speed_kimg=0.1, interval=2)
+    restored.load_state(ada.state())
+    assert restored.state() == ada.state()
+    fixed = AdaptiveStrength(target=None, p=0.3)
+    fixed.update(real, fake)
+    assert fixed.p == 0.3
+
+
+def test_rare_label_weights_over_represent_rare_labels() -> None:
+    labels = torch.zeros(100, 3)
+    labels[:50, 0] = 1.0  # common
+    labels[50:52, 1] = 1.0  # rare: 2 rows
+    # rows 52..99: no finding (48 rows)
+    assert label_row_weights(labels, 0.0) is None
+    w = label_row_weights(labels, 1.0)
+    assert torch.isclose(w.sum(), torch.tensor(1.0))
+    share = {"common": w[:50].sum(), "rare": w[50:52].sum(), "none": w[52:].sum()}
+    assert torch.allclose(torch.stack(list(share.values())), torch.full((3,), 1 / 3), atol=1e-6)
+    half = label_row_weights(labels, 0.5)
+    assert 0.02 < half[50:52].sum() < share["rare"]  # in between data and equal shares
+
+
+def test_the_conditioning_settings_are_checked() -> None:
+    raw = load_config("tiny").to_dict()
+    for bad in (
+        {"cond_ramp_start_kimg": 2.0, "cond_ramp_end_kimg": 1.0},
+        {"augment_p": 1.5},
+        {"label_modulation": -1},
+        {"rare_label_power": -0.5},
+    ):
+        with pytest.raises(UserError):
+            config_from_dict({**raw, **bad})
+    cfg = config_from_dict({**raw, "cond_ramp_start_kimg": 1.0, "cond_ramp_end_kimg": 3.0})
+    assert [cfg.cond_gain(n) for n in (0, 1000, 2000, 3000, 9000)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert load_config("tiny").cond_gain(0) == 1.0  # no ramp: conditioned from the start
+
+
+def test_the_nih64_config_trains_adults_only_with_every_addition() -> None:
+    cfg = load_config("nih64")
+    assert cfg.patient_prefixes == ("nih_",) and cfg.projection and cfg.label_modulation > 0
+    assert cfg.cond_ramp_end_kimg > cfg.cond_ramp_start_kimg and cfg.ada_target > 0
