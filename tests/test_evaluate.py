@@ -21,13 +21,18 @@ from training import classifier as clf
 from training.data import RadiographSet
 from training.evaluate import (
     CHECKS,
+    NO_FINDING,
+    CohortData,
     EvalOptions,
     MsSsimIndex,
     SsimIndex,
+    collapse,
     controllability,
     evaluate_model,
     memorisation,
+    real_trained_classifier,
     similarity_index,
+    site_of,
     train_on_synthetic,
     two_sample_test,
 )
@@ -151,13 +156,132 @@ def test_the_sweep_gives_a_rank_correlation_of_one_for_a_monotone_response() -> 
     assert result["values"] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     for entry in result["labels"].values():
         assert entry["spearman_mean_score"] == 1.0 and entry["spearman_per_latent_mean"] == 1.0
-        assert entry["score_at_1"] > entry["score_at_0"]
+        assert entry["score_at_1"] > entry["score_at_0"] and entry["sign"] == "+"
+        assert entry["score_change"] > 0.9  # sigmoid(10 * 0.5) - sigmoid(-10 * 0.5)
+    assert (result["labels_rising"], result["labels_falling"]) == (14, 0) and result["falling"] == []
+
+    def darker(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # every label darkens the image
+        return 0.01 * z[:, :1, None, None].expand(-1, 1, 8, 8) - labels.sum(1).view(-1, 1, 1, 1) + 0.5
+
+    result = controllability(darker, 8, names, _Brightness(len(names)), 8, opts)
+    assert (result["labels_rising"], result["labels_falling"]) == (0, 14) and result["falling"] == names
+    assert {e["sign"] for e in result["labels"].values()} == {"-"}
 
     def flat(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # ignores the labels entirely
         return 0.01 * z[:, :1, None, None].expand(-1, 1, 8, 8)
 
     ignored = controllability(flat, 8, names, _Brightness(len(names)), 8, opts)
     assert all(math.isnan(e["spearman_mean_score"]) for e in ignored["labels"].values())
+
+
+class _Pixels(torch.nn.Module):
+    """A 'classifier' whose features are the image's 4x4 area means: distances are pixel distances."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 4).flatten(1)  # [N, 16]
+
+
+def test_the_collapse_detector_gives_zero_when_the_latent_is_ignored_and_one_for_real_images(
+    small_splits,
+) -> None:
+    train, test = small_splits["train"], small_splits["test"]
+    names = list(NIH_LABELS)
+    reals = torch.cat([train.images_at(16), test.images_at(16)])
+    real_labels = torch.cat([train.labels, test.labels])
+    positive = real_labels >= 0.5
+    opts = EvalOptions(collapse_latents=64)
+
+    def fixed(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # one image per label vector
+        return reals[labels.argmax(1) + 3 * labels.sum(1).long()]
+
+    ignored = collapse(fixed, 8, names, _Pixels(), 16, reals, real_labels, train.labels, opts)
+    rated = {n: v for n, v in ignored["labels"].items() if v["ratio"] is not None}
+    assert NO_FINDING in rated and len(rated) >= 10
+    assert {v["ratio"] for v in rated.values()} == {0.0} and ignored["min_ratio"] == 0.0
+    assert set(ignored["labels_below_goal"]) == set(ignored["labels_judged"])
+    assert ignored["labels"][NO_FINDING]["real_images"] == int((~positive.any(1)).sum())
+    assert ignored["labels"]["Effusion"]["train_images"] == int((train.labels[:, 2] >= 0.5).sum())
+
+    def copier(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # real images with that label
+        index = labels.argmax(1)[0] if labels.sum() else -1
+        rows = torch.nonzero(~positive.any(1) if index < 0 else positive[:, index])[:, 0]
+        return reals[rows[(z[:, 0].abs() * 1e6).long() % len(rows)]]
+
+    alike = collapse(copier, 8, names, _Pixels(), 16, reals, real_labels, train.labels, opts)
+    for name in (NO_FINDING, "Infiltration", "Effusion"):
+        entry = alike["labels"][name]
+        assert entry["real_images"] >= 30 and 0.75 <= entry["ratio"] <= 1.25, (name, entry)
+
+
+def test_the_real_trained_classifier_is_cached_and_reused(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("THORAX_CACHE_DIR", str(tmp_path / "cache"))
+    opts = EvalOptions(epochs=1, seed=3)
+
+    def cohort() -> CohortData:
+        return CohortData(data_dir, 16, NIH_LABELS, (0.8, 0.1, 0.1), 0, ("nih_",))
+
+    data = cohort()
+    first, info = real_trained_classifier(data, 8, opts, lambda _: None)
+    assert info["cached"] is False and Path(info["file"]).is_file() and set(data.splits) == {"train", "val"}
+    assert {site_of(p) for p in data.split("train").patient_ids} == {"nih_"}
+    images = data.split("val").images_at(8)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached classifier should have been used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(clf, "train_classifier", no_training)
+        again = cohort()
+        second, info = real_trained_classifier(again, 8, opts, lambda _: None)
+        assert info["cached"] is True and again.splits == {}  # no image was loaded for it
+    np.testing.assert_array_equal(clf.predict(second.model, images), clf.predict(first.model, images))
+    assert second.best_epoch == first.best_epoch
+
+    other, info = real_trained_classifier(cohort(), 8, EvalOptions(epochs=1, seed=4), lambda _: None)
+    assert info["cached"] is False  # another seed is another classifier
+    assert len(list((tmp_path / "cache" / "classifiers").glob("*.safetensors"))) == 2
+
+
+def test_the_quick_check_on_a_runs_generator_folder_judges_against_its_cohort(
+    tiny_run: Path, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("THORAX_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "generator"
+    shutil.copytree(tiny_run / "generator", folder)
+    config = json.loads((folder / "generator.json").read_text())
+    config.update({"patient_prefixes": ["nih_"], "cohort": "NIH adults"})
+    (folder / "generator.json").write_text(json.dumps(config))
+    opts = EvalOptions(
+        checks=("sweep", "collapse"), epochs=1, sweep_steps=3, sweep_latents=2, collapse_latents=6
+    )
+    lines: list[str] = []
+    evaluation = evaluate_model(None, data_dir, opts, generator_dir=folder, progress=lines.append)
+    saved = json.loads((folder / "evaluation.json").read_text())
+    assert saved["cohort"]["name"] == "NIH adults" and saved["cohort"]["patient_prefixes"] == ["nih_"]
+    assert set(saved["cohort"]["images"]) == {"train", "val", "test"}  # val: the classifier was trained
+    assert all(list(sites) == ["nih_"] for sites in saved["cohort"]["images"].values())
+    nih = {
+        s: len(RadiographSet(data_dir, 16, NIH_LABELS, s, patient_prefixes=("nih_",)))
+        for s in ("train", "test")
+    }
+    found = saved["collapse"]["labels"]
+    assert found[NO_FINDING]["real_images"] + found["Effusion"]["real_images"] <= nih["train"] + nih["test"]
+    assert sum(saved["cohort"]["images"]["test"].values()) == nih["test"]
+    assert (
+        len(saved["controllability"]["labels"]) == 14 and 0 <= saved["controllability"]["labels_rising"] <= 14
+    )
+    assert "classifier_checks" not in saved and "memorisation" not in saved
+    assert not (folder / "model_card.json").exists()  # a run's folder has no card to fill
+    assert any(line.startswith("sweep: ") for line in lines) and any("collapse: " in x for x in lines)
+    assert evaluation["real_classifier"]["cached"] is False
+    again = evaluate_model(None, data_dir, opts, generator_dir=folder, progress=lambda _: None)
+    assert again["real_classifier"]["cached"] is True and "val" not in again["cohort"]["images"]
+    assert (
+        again["collapse"] == evaluation["collapse"]
+        and again["controllability"] == evaluation["controllability"]
+    )
 
 
 def test_the_command_knows_the_same_checks() -> None:
@@ -182,10 +306,22 @@ def test_evaluate_writes_results_figures_and_the_card(
     assert 0 <= checks["two_sample_test"]["accuracy"] <= 1
     assert checks["feature_distances"]["frechet_train_vs_test"] >= 0
     assert len(checks["label_correlation"]["order"]) == 14
+    sites = checks["per_site"]["sites"]
+    assert {"nih_", "kermany_"} <= set(sites) and saved["cohort"]["name"] == "all patients"
+    assert sum(s["test_images"] for s in sites.values()) == saved["memorisation"]["heldout_real"]
+    kermany = sites["kermany_"]["train_on_synthetic_test_on_real"]
+    assert "Pneumonia" in kermany["labels_reported"]  # Pneumonia against the children without it
+    assert "Effusion" in sites["nih_"]["label_fidelity"]["per_label"]
+    assert saved["controllability"]["labels_rising"] + saved["controllability"]["labels_falling"] <= 14
+    assert len(saved["collapse"]["labels"]) == 15  # no finding and each label
     assert set(saved["timings_s"]) >= {"memorisation_s", "classifier_real_s", "two_sample_s", "pictures_s"}
     card = ModelCard.model_validate(model.card())
     assert card.evaluation["memorisation_flagged"].endswith("of 30")
     assert card.evaluation["two_sample_accuracy"] == checks["two_sample_test"]["accuracy"]
+    assert card.evaluation["collapse_min_ratio"] == saved["collapse"]["min_ratio"]
+    assert card.evaluation["sweep_labels_rising_0.15"].endswith("of 14")
+    assert card.evaluation["cohort"] == "all patients"
+    assert "| collapse min ratio |" in (model.path / "model_card.md").read_text()
     for name in saved["figures"]:
         with Image.open(model.path / name) as im:
             assert im.width > 16 and im.height > 16
@@ -202,6 +338,7 @@ def test_evaluate_runs_only_the_checks_asked_for(tiny_store: Path, tmp_path: Pat
         "tiny/1", data_dir, EvalOptions(checks=("pictures",)), store=store, progress=lambda _: None
     )
     assert "memorisation" not in evaluation and "classifier_checks" not in evaluation
+    assert "collapse" not in evaluation and evaluation["cohort"]["images"] == {}  # no real image loaded
     assert "eval_difference_maps.png" in evaluation["figures"]
     with pytest.raises(ValueError, match="unknown check"):
         evaluate_model("tiny/1", data_dir, EvalOptions(checks=("speed",)), store=store)

@@ -182,7 +182,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-CHECKS = ("memorisation", "classifier", "pictures")  # training.evaluate.CHECKS, without importing torch
+CHECKS = ("memorisation", "classifier", "pictures", "sweep", "collapse")  # training.evaluate.CHECKS, no torch
 
 
 def _check_list(text: str) -> list[str]:
@@ -194,7 +194,11 @@ def _check_list(text: str) -> list[str]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """`thorax evaluate`: the checks of a stored model, or of a generator folder (a run's `generator/`)."""
     from training.evaluate import EvalOptions, evaluate_model
+
+    if args.generator and args.model:
+        raise UserError("give a stored model or --generator DIR, not both")
 
     opts = EvalOptions(
         count=args.count,
@@ -205,11 +209,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         classifier_px=args.classifier_px,
         bootstrap=args.bootstrap,
         min_positives=args.min_positives,
+        collapse_latents=args.collapse_latents,
+        cache=not args.no_cache,
     )
+    generator = Path(args.generator) if args.generator else None
     evaluation = evaluate_model(
-        args.model, Path(args.data), opts, store=Path(args.store) if args.store else None
+        args.model,
+        Path(args.data),
+        opts,
+        store=Path(args.store) if args.store else None,
+        generator_dir=generator,
     )
-    print(f"wrote evaluation.json and {len(evaluation['figures'])} figures into the model's folder and card")
+    where = f"into {generator}" if generator else "into the model's folder and card"
+    print(f"wrote evaluation.json and {len(evaluation['figures'])} figures {where}")
     return 0
 
 
@@ -434,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="the paper's checks of a stored model, into its folder and card")
     p.add_argument("model", nargs="?", help="NAME[/VERSION] (default: the default model)")
     p.add_argument(
+        "--generator", metavar="DIR",
+        help="a generator folder instead of a stored model, e.g. runs/x/generator (no export needed)",
+    )  # fmt: skip
+    p.add_argument(
         "--data", default=str(DEFAULT_DATA), help="the training data (its patient split is rebuilt)"
     )
     p.add_argument("--store", help="model store folder (default: the repository's model_store/)")
@@ -441,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--checks", type=_check_list, default=list(CHECKS), metavar="LIST",
-        help=f"comma-separated, any of {','.join(CHECKS)} (default: all)",
+        help=f"comma-separated, any of {','.join(CHECKS)} (default: all; classifier includes sweep and "
+        "collapse; sweep,collapse is the quick check)",
     )  # fmt: skip
     p.add_argument("--classifier", choices=["small", "densenet121"], default="small",
                    help="classifier for the classifier checks (densenet121 needs MONAI)")  # fmt: skip
@@ -450,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=_positive_int, default=10_000, help="resamples per AUC interval")
     p.add_argument("--min-positives", type=_positive_int, default=5,
                    help="test positives a label needs for its AUC to be reported")  # fmt: skip
+    p.add_argument("--collapse-latents", type=_positive_int, default=64,
+                   help="generated images per label vector in the collapse detector")  # fmt: skip
+    p.add_argument("--no-cache", action="store_true",
+                   help="train the real-trained classifier anew instead of reusing the cached one "
+                   "($THORAX_CACHE_DIR, else ~/.cache/thorax)")  # fmt: skip
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("configs", help="list the training configs")

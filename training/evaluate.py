@@ -8,20 +8,35 @@
   - train on synthetic, test on real: one classifier on the real training split, one on as many
     generated images with the same label vectors; per-label AUC on the real test split with bootstrap
     intervals, and the synthetic/real ratio. Labels with too few test positives are listed apart.
-  - label fidelity: the real-trained classifier's AUC on generated images against their conditions;
-    and the controllability sweep: one latent, one label raised 0 -> 1, the classifier's score for it,
-    with Spearman's rank correlation.
+  - label fidelity: the real-trained classifier's AUC on generated images against their conditions.
+  - per site: both of the above again within each cohort (patient id prefix: nih_, kermany_,
+    ieee8023_), every label scored against negatives of the same cohort, so that a classifier that
+    only tells children from adults does not pass for one that sees Pneumonia.
   - two-sample test: a classifier trained to tell real from generated, its held-out accuracy and AUC.
   - feature distances: Fréchet distance and KID between generated and real test images in the
     real-trained classifier's feature space, with real-train-vs-real-test as the floor.
   - label correlation matrix (Figure 7): generated images with one label drawn uniformly in 0..1,
     scored by the classifier, Pearson correlation per label pair, clustered; beside the same matrix for
     the real test images.
+- **Sweep** (`sweep`, part of `classifier`): the controllability sweep: one latent, one label raised
+  0 -> 1, the real-trained classifier's score for it, with Spearman's rank correlation; the score
+  change and its sign per label, and how many labels rise by at least 0.15 and how many fall.
+- **Collapse** (`collapse`, part of `classifier`): per label vector (no finding, and each label alone),
+  generated images that differ only in latent, their mean pairwise distance in the real-trained
+  classifier's feature space, over the same among the real images with that label (training and
+  test split of the cohort). Near 0: the label replaced the latent (collapse by conditioning); near 1:
+  as varied as real images with that label.
 - **Pictures**: transitions (one latent, one label 0 -> 0.3 -> 0.6 -> 1.0, every label; Figure 5) as
   PNG and GIF, difference maps (Figure 6), and a Cardiomegaly x Effusion grid (Figure S1).
 
+The real images are those of the model's cohort (`patient_prefixes` in its generator.json; all
+patients without it), on the run's patient split. The real-trained classifier is cached on disk
+(`training/classifier_cache.py`), so `--checks sweep,collapse` on a second call costs only the
+generated images: the quick check for judging variants during training, on a run's `generator/`
+folder as well as on a stored model.
+
 Every measurement is timed. Results go to `evaluation.json` and `eval_*.png|gif` in the model's folder;
-the card's `evaluation` section is filled and `SHA256SUMS` rewritten.
+for a stored model the card's `evaluation` section is filled and `SHA256SUMS` rewritten.
 """
 
 from __future__ import annotations
@@ -30,7 +45,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +58,21 @@ from thorax.latents import latents_for
 from thorax.pictures import difference_row, heatmap, tile_grid
 from thorax.store import StoredModel, open_model, store_root, write_sums
 from training import classifier as clf
+from training import classifier_cache
 from training.checkpoint import load_generator
-from training.data import RadiographSet
+from training.data import RadiographSet, find_label_table
 from training.export import card_markdown
 from training.metrics import (
     bootstrap_auc,
     cluster_order,
     frechet_distance,
     kernel_inception_distance,
+    mean_pairwise_distance,
     pearson_matrix,
     roc_auc,
     spearman,
 )
+from training.networks import level_of
 from training.sample import grid_image, to_uint8
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
@@ -62,9 +80,12 @@ C1, C2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2  # images span [-1, 1]: a data range o
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, five scales
 FIGURE_ROWS = 32  # flagged images drawn in eval_memorisation.png; evaluation.json lists every one
 MS_SSIM_MIN_SIDE = 176  # from here on the coarsest scale (side / 16) still fits the 11-pixel window
-CHECKS = ("memorisation", "classifier", "pictures")
+CHECKS = ("memorisation", "classifier", "pictures", "sweep", "collapse")  # classifier runs the last two too
 # Latent streams (seeds derived from the user's seed) so that no two checks share generated images.
-STREAM_MEMORISATION, STREAM_SYNTHETIC, STREAM_SWEEP, STREAM_CORRELATION = 0, 1, 2, 3
+STREAM_MEMORISATION, STREAM_SYNTHETIC, STREAM_SWEEP, STREAM_CORRELATION, STREAM_COLLAPSE = 0, 1, 2, 3, 4
+SWEEP_RISE = 0.15  # issue 11's goal: >= 10 of 14 labels rise by this much from 0 to 1, none falls
+COLLAPSE_GOAL, COLLAPSE_MIN_TRAIN = 0.8, 20  # diversity ratio >= 0.8 for labels with >= 20 training images
+NO_FINDING = "No_Finding"  # the all-zero label vector, as the data's label table names it
 
 Generate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z, labels) -> images in [-1, 1]
 
@@ -76,7 +97,8 @@ class EvalOptions:
     Args:
         count:           generated images for the memorisation check.
         seed:            the user's seed; each check draws its latents from its own stream of it.
-        checks:          any of memorisation, classifier, pictures.
+        checks:          any of memorisation, classifier, pictures, sweep, collapse (classifier includes
+                         sweep and collapse).
         classifier:      classifier architecture: small (default) or densenet121 (needs MONAI).
         epochs:          training epochs of each classifier.
         classifier_px:   side of the classifiers' input (the model's resolution if smaller).
@@ -85,6 +107,8 @@ class EvalOptions:
         sweep_steps:     values of a label in the controllability sweep (0 to 1).
         sweep_latents:   latents averaged in the sweep.
         correlation_images: generated images per label for the correlation matrix.
+        collapse_latents: generated images per label vector in the collapse detector.
+        cache:           reuse (and store) the real-trained classifier in the cache folder.
     """
 
     count: int = 1000
@@ -98,6 +122,8 @@ class EvalOptions:
     sweep_steps: int = 11
     sweep_latents: int = 16
     correlation_images: int = 100
+    collapse_latents: int = 64
+    cache: bool = True
 
 
 # ---- SSIM and MS-SSIM --------------------------------------------------------------------------
@@ -340,7 +366,9 @@ def controllability(
     generate: Generate, latent_dim: int, names: list[str], model: torch.nn.Module, px: int, opts: EvalOptions
 ) -> dict:
     """Each label alone raised 0 -> 1 over fixed latents; the classifier's mean score for that label at
-    each value and Spearman's rank correlation between value and score (1: the label steers the image)."""
+    each value and Spearman's rank correlation between value and score (1: the label steers the image);
+    the score change from 0 to 1 and its sign per label, and how many labels rise by `SWEEP_RISE` or more
+    and how many fall."""
     values = np.linspace(0, 1, opts.sweep_steps)
     seed = stream_seed(opts.seed, STREAM_SWEEP)
     z = torch.from_numpy(latents_for(seed, range(opts.sweep_latents), latent_dim))  # [K, Z]
@@ -352,14 +380,88 @@ def controllability(
         images = pool_to(images, px)
         scores = clf.predict(model, images)[:, j].reshape(len(values), len(z))  # [steps, K]
         per_latent = [r for k in range(len(z)) if not math.isnan(r := spearman(values, scores[:, k]))]
+        change = float(scores[-1].mean() - scores[0].mean())
         out[name] = {
             "spearman_mean_score": round(spearman(values, scores.mean(1)), 4),
             "spearman_per_latent_mean": round(float(np.mean(per_latent)), 4) if per_latent else math.nan,
             "score_at_0": round(float(scores[0].mean()), 4),
             "score_at_1": round(float(scores[-1].mean()), 4),
+            "score_change": round(change, 4),
+            "sign": "+" if change > 0 else "-" if change < 0 else "0",
             "mean_score": [round(float(v), 4) for v in scores.mean(1)],
         }
-    return {"values": [round(float(v), 3) for v in values], "latents": len(z), "labels": out}
+    rising = [n for n, v in out.items() if v["score_change"] >= SWEEP_RISE]
+    falling = [n for n, v in out.items() if v["score_change"] < 0]
+    return {
+        "values": [round(float(v), 3) for v in values],
+        "latents": len(z),
+        "labels": out,
+        "rise_threshold": SWEEP_RISE,
+        "labels_rising": len(rising),  # score change >= rise_threshold
+        "labels_falling": len(falling),  # score change < 0
+        "rising": rising,
+        "falling": falling,
+        "median_score_change": round(float(np.median([v["score_change"] for v in out.values()])), 4),
+        "goal": f"at least 10 of 14 labels rise by >= {SWEEP_RISE}, none falls",
+    }
+
+
+def _label_rows(labels: np.ndarray, index: int) -> np.ndarray:
+    """Rows with label `index` (>= 0.5); index -1 is no finding: rows with no label at all."""
+    positive = labels >= 0.5
+    return ~positive.any(axis=1) if index < 0 else positive[:, index]
+
+
+@torch.no_grad()
+def collapse(
+    generate: Generate,
+    latent_dim: int,
+    names: list[str],
+    model: torch.nn.Module,
+    px: int,
+    real_images: torch.Tensor,
+    real_labels: torch.Tensor,
+    train_labels: torch.Tensor,
+    opts: EvalOptions,
+) -> dict:
+    """The collapse detector: for no finding and for each label alone, `opts.collapse_latents` generated
+    images with that one label vector and different latents; their mean pairwise distance in the
+    classifier's feature space over the same statistic among the real images with that label.
+
+    A ratio near 0: the label fixed the image whatever the latent (collapse by conditioning); near 1:
+    as varied as real images with the label. The real images of a label may carry other labels too,
+    the generated ones carry that label alone. Labels with fewer than two real images get no ratio."""
+    rows = [NO_FINDING, *names]
+    vectors = torch.cat([torch.zeros(1, len(names)), torch.eye(len(names))])  # [L + 1, L]
+    seed = stream_seed(opts.seed, STREAM_COLLAPSE)
+    real_features = clf.features(model, real_images)  # [N, D]
+    real_targets, train_targets = real_labels.numpy(), train_labels.numpy()
+    out = {}
+    for index, (name, vector) in enumerate(zip(rows, vectors, strict=True)):
+        images = generate_images(generate, latent_dim, seed, vector.expand(opts.collapse_latents, -1), px)
+        generated = mean_pairwise_distance(clf.features(model, images))
+        mask = _label_rows(real_targets, index - 1)
+        real = mean_pairwise_distance(real_features[mask]) if mask.sum() >= 2 else math.nan
+        ratio = generated / real if real > 0 else math.nan
+        out[name] = {
+            "ratio": None if math.isnan(ratio) else round(ratio, 4),
+            "generated_distance": round(generated, 4),
+            "real_distance": None if math.isnan(real) else round(real, 4),
+            "real_images": int(mask.sum()),
+            "train_images": int(_label_rows(train_targets, index - 1).sum()),
+        }
+    judged = {n: v["ratio"] for n, v in out.items() if v["train_images"] >= COLLAPSE_MIN_TRAIN}
+    judged = {n: r for n, r in judged.items() if r is not None}
+    return {
+        "generated_per_label": opts.collapse_latents,
+        "real_images": f"the cohort's training and test split, {len(real_images)} images",
+        "feature_dim": int(real_features.shape[1]),
+        "labels": out,
+        "goal": f"ratio >= {COLLAPSE_GOAL} for every label with >= {COLLAPSE_MIN_TRAIN} training images",
+        "labels_judged": list(judged),
+        "min_ratio": round(min(judged.values()), 4) if judged else None,
+        "labels_below_goal": [n for n, r in judged.items() if r < COLLAPSE_GOAL],
+    }
 
 
 def label_fidelity(
@@ -372,6 +474,67 @@ def label_fidelity(
     """The real-trained classifier's AUC on generated images against the labels they were asked for."""
     table = per_label_auc(names, conditions.numpy(), clf.predict(model, synthetic), opts, with_interval=False)
     return {"images": len(synthetic), "per_label": table, "mean_auc": _mean_of(table)}
+
+
+def site_of(patient_id: str) -> str:
+    """The site (cohort) of a patient id: its prefix up to the first underscore ("nih_", "kermany_",
+    "ieee8023_"), or "other" for an id without one."""
+    head, sep, _ = patient_id.partition("_")
+    return head + sep if sep else "other"
+
+
+def per_site(
+    names: list[str],
+    real_model: torch.nn.Module,
+    synthetic_model: torch.nn.Module,
+    synthetic: torch.Tensor,
+    train: RadiographSet,
+    test: RadiographSet,
+    px: int,
+    opts: EvalOptions,
+) -> dict:
+    """Train on synthetic and label fidelity within each site, every label against that site's negatives.
+
+    A generated image belongs to the site of the training image whose label vector it was drawn with;
+    a test image to its patient's site."""
+    train_sites = np.array([site_of(p) for p in train.patient_ids])
+    test_sites = np.array([site_of(p) for p in test.patient_ids])
+    test_images, test_targets = test.images_at(px), test.labels.numpy()
+    real_scores, fake_scores = clf.predict(real_model, test_images), clf.predict(synthetic_model, test_images)
+    fidelity_scores, conditions = clf.predict(real_model, synthetic), train.labels.numpy()
+    sites = {}
+    for site in sorted(set(train_sites) | set(test_sites)):
+        on_test, on_train = test_sites == site, train_sites == site
+        entry: dict = {"test_images": int(on_test.sum()), "train_images": int(on_train.sum())}
+        if on_test.any():
+            real_auc = per_label_auc(names, test_targets[on_test], real_scores[on_test], opts)
+            fake_auc = per_label_auc(names, test_targets[on_test], fake_scores[on_test], opts)
+            reported = [n for n in names if "auc" in real_auc[n] and "auc" in fake_auc[n]]
+            ratio = {n: round(fake_auc[n]["auc"] / real_auc[n]["auc"], 4) for n in reported}
+            entry["train_on_synthetic_test_on_real"] = {
+                "real_trained": real_auc,
+                "synthetic_trained": fake_auc,
+                "ratio_synthetic_over_real": ratio,
+                "mean_auc_real_trained": _mean_of(real_auc),
+                "mean_auc_synthetic_trained": _mean_of(fake_auc),
+                "mean_ratio": round(float(np.mean(list(ratio.values()))), 4) if ratio else math.nan,
+                "labels_reported": reported,
+            }
+        if on_train.any():
+            table = per_label_auc(
+                names, conditions[on_train], fidelity_scores[on_train], opts, with_interval=False
+            )
+            entry["label_fidelity"] = {
+                "images": int(on_train.sum()),
+                "per_label": table,
+                "mean_auc": _mean_of(table),
+            }
+        sites[site] = entry
+    return {
+        "meaning": "each label against negatives of the same site (patient id prefix); generated images "
+        "take the site of the training image whose label vector they were drawn with",
+        "sites": sites,
+    }
 
 
 def two_sample_test(real: torch.Tensor, fake: torch.Tensor, opts: EvalOptions, holdout: float = 0.25) -> dict:
@@ -474,36 +637,24 @@ def classifier_checks(
     generate: Generate,
     latent_dim: int,
     names: list[str],
+    real: clf.TrainResult,
     train: RadiographSet,
     val: RadiographSet,
     test: RadiographSet,
-    resolution: int,
+    px: int,
     opts: EvalOptions,
     timings: dict[str, float],
     progress: Callable[[str], None],
 ) -> tuple[dict, dict[str, Image.Image]]:
-    px = min(opts.classifier_px, resolution)
+    """Every classifier check but the sweep and the collapse detector, with `real` the real-trained one."""
     train_images = train.images_at(px)
-    t0 = time.perf_counter()
-    progress(f"classifier ({opts.classifier}, {px} px, {opts.epochs} epochs) on {len(train)} real images")
-    real = clf.train_classifier(
-        train_images,
-        train.labels,
-        val.images_at(px),
-        val.labels,
-        opts.classifier,
-        opts.epochs,
-        seed=opts.seed,
-    )
-    timings["classifier_real_s"] = time.perf_counter() - t0
-
     t0 = time.perf_counter()
     synthetic = generate_images(
         generate, latent_dim, stream_seed(opts.seed, STREAM_SYNTHETIC), train.labels, px
     )  # [N, 1, px, px]: the training set's label vectors, new latents
     timings["generate_synthetic_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tstr, _ = train_on_synthetic(names, real, train.labels, synthetic, val, test, px, opts, progress)
+    tstr, fake = train_on_synthetic(names, real, train.labels, synthetic, val, test, px, opts, progress)
     timings["train_on_synthetic_s"] = time.perf_counter() - t0
     progress(
         f"train on synthetic, test on real: mean AUC {tstr['mean_auc_synthetic_trained']} vs "
@@ -513,10 +664,16 @@ def classifier_checks(
 
     t0 = time.perf_counter()
     fidelity = label_fidelity(names, real.model, synthetic, train.labels, opts)
-    sweep = controllability(generate, latent_dim, names, real.model, px, opts)
-    timings["label_fidelity_and_sweep_s"] = time.perf_counter() - t0
+    sites = per_site(names, real.model, fake.model, synthetic, train, test, px, opts)
+    timings["label_fidelity_and_sites_s"] = time.perf_counter() - t0
     progress(
-        f"label fidelity: mean AUC {fidelity['mean_auc']} ({timings['label_fidelity_and_sweep_s']:.0f} s)"
+        f"label fidelity: mean AUC {fidelity['mean_auc']}; per site: "
+        + ", ".join(
+            f"{site} {entry.get('label_fidelity', {}).get('mean_auc', '-')} / "
+            f"{entry.get('train_on_synthetic_test_on_real', {}).get('mean_ratio', '-')}"
+            for site, entry in sites["sites"].items()
+        )
+        + f" (fidelity AUC / train-on-synthetic ratio; {timings['label_fidelity_and_sites_s']:.0f} s)"
     )
 
     t0 = time.perf_counter()
@@ -543,7 +700,7 @@ def classifier_checks(
     results = {
         "train_on_synthetic_test_on_real": tstr,
         "label_fidelity": fidelity,
-        "controllability": sweep,
+        "per_site": sites,
         "two_sample_test": two_sample,
         "feature_distances": distances,
         "label_correlation": correlation,
@@ -621,10 +778,92 @@ def pictures(G, names: list[str], seed: int, folder: Path) -> list[str]:
     return [*figures, "eval_transitions.gif"]
 
 
+# ---- the real data of the model's cohort, and the classifier trained on it --------------------
+@dataclass
+class CohortData:
+    """The real splits a model is judged against: its cohort's patients on its training run's split,
+    loaded the first time a check asks for them.
+
+    Args:
+        data_dir:         the training data folder.
+        resolution:       side the images are loaded at (the model's).
+        label_names:      the model's labels, in its order.
+        fractions:        train / validation / test fractions of patients.
+        split_seed:       seed of the split hash.
+        patient_prefixes: the cohort (patient id prefixes); empty for every patient.
+    """
+
+    data_dir: Path
+    resolution: int
+    label_names: tuple[str, ...]
+    fractions: tuple[float, float, float]
+    split_seed: int
+    patient_prefixes: tuple[str, ...] = ()
+    splits: dict[str, RadiographSet] = field(default_factory=dict)
+
+    def split(self, name: str) -> RadiographSet:
+        if name not in self.splits:
+            self.splits[name] = RadiographSet(
+                self.data_dir,
+                self.resolution,
+                self.label_names,
+                name,
+                self.fractions,
+                self.split_seed,
+                patient_prefixes=self.patient_prefixes,
+            )
+        return self.splits[name]
+
+    def images_by_split(self) -> dict[str, dict[str, int]]:
+        """{split: {site: images}} of the splits loaded so far."""
+        out = {}
+        for name, split in self.splits.items():
+            sites = [site_of(p) for p in split.patient_ids]
+            out[name] = {site: sites.count(site) for site in sorted(set(sites))}
+        return out
+
+
+def real_trained_classifier(
+    data: CohortData, px: int, opts: EvalOptions, progress: Callable[[str], None]
+) -> tuple[clf.TrainResult, dict]:
+    """The classifier trained on the cohort's real training split, from the cache when it holds one for
+    the same data, cohort, resolution, classifier, epochs, seed and split; else trained (and stored)."""
+    key = {
+        "data": str(data.data_dir.resolve()),
+        "label_table_sha256": classifier_cache.file_sha256(find_label_table(data.data_dir)),
+        "patient_prefixes": list(data.patient_prefixes),
+        "resolution": data.resolution,
+        "input_px": px,
+        "classifier": opts.classifier,
+        "epochs": opts.epochs,
+        "seed": opts.seed,
+        "split_fractions": list(data.fractions),
+        "split_seed": data.split_seed,
+        "label_names": list(data.label_names),
+    }
+    root = classifier_cache.cache_root()
+    path = classifier_cache.entry_path(root, key)
+    info = {"classifier": opts.classifier, "input_px": px, "epochs": opts.epochs}
+    if opts.cache and (cached := classifier_cache.load_classifier(root, key, len(data.label_names))):
+        progress(f"real-trained classifier from the cache: {path}")
+        return cached, {**info, "cached": True, "file": str(path)}
+    train, val = data.split("train"), data.split("val")
+    progress(f"classifier ({opts.classifier}, {px} px, {opts.epochs} epochs) on {len(train)} real images")
+    result = clf.train_classifier(
+        train.images_at(px), train.labels, val.images_at(px), val.labels, opts.classifier, opts.epochs,
+        seed=opts.seed,
+    )  # fmt: skip
+    if opts.cache:
+        classifier_cache.save_classifier(root, key, result)
+    return result, {**info, "cached": False, "file": str(path) if opts.cache else None}
+
+
 # ---- the command -------------------------------------------------------------------------------
 def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
     """The card's `evaluation` section: the headline figures, the rest in evaluation.json."""
     summary: dict = {"file": "evaluation.json", "checks": list(opts.checks)}
+    if cohort := evaluation.get("cohort"):
+        summary["cohort"] = cohort["name"]
     if memo := evaluation.get("memorisation"):
         summary.update(
             {
@@ -637,7 +876,6 @@ def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
         )
     if checks := evaluation.get("classifier_checks"):
         tstr, dist = checks["train_on_synthetic_test_on_real"], checks["feature_distances"]
-        sweep = checks["controllability"]["labels"]
         summary.update(
             {
                 "classifier": f"{tstr['classifier']}, {tstr['input_px']} px, trained here on the real split",
@@ -646,13 +884,29 @@ def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
                 "tstr_mean_ratio": tstr["mean_ratio"],
                 "tstr_labels_reported": len(tstr["labels_reported"]),
                 "label_fidelity_mean_auc": checks["label_fidelity"]["mean_auc"],
+            }
+        )
+        for site, entry in checks["per_site"]["sites"].items():
+            if fidelity := entry.get("label_fidelity"):
+                summary[f"label_fidelity_mean_auc_{site.rstrip('_')}"] = fidelity["mean_auc"]
+            if site_tstr := entry.get("train_on_synthetic_test_on_real"):
+                summary[f"tstr_mean_ratio_{site.rstrip('_')}"] = site_tstr["mean_ratio"]
+    if sweep := evaluation.get("controllability"):
+        labels = sweep["labels"].values()
+        summary.update(
+            {
                 "controllability_median_spearman": round(
-                    float(np.nanmedian([v["spearman_mean_score"] for v in sweep.values()])), 4
+                    float(np.nanmedian([v["spearman_mean_score"] for v in labels])), 4
                 ),
                 # the size of the effect, which a rank correlation does not show
-                "controllability_median_score_change": round(
-                    float(np.median([v["score_at_1"] - v["score_at_0"] for v in sweep.values()])), 4
-                ),
+                "controllability_median_score_change": sweep["median_score_change"],
+                f"sweep_labels_rising_{SWEEP_RISE}": f"{sweep['labels_rising']} of {len(sweep['labels'])}",
+                "sweep_labels_falling": sweep["labels_falling"],
+            }
+        )
+    if checks:
+        summary.update(
+            {
                 "two_sample_accuracy": checks["two_sample_test"]["accuracy"],
                 "two_sample_auc": checks["two_sample_test"]["auc"],
                 "frechet_generated_vs_test": dist["frechet_generated_vs_test"],
@@ -661,7 +915,51 @@ def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
                 "kid_real_floor": dist["kid_train_vs_test"],
             }
         )
+    if found := evaluation.get("collapse"):
+        summary["collapse_min_ratio"] = found["min_ratio"]
+        summary[f"collapse_labels_below_{COLLAPSE_GOAL}"] = (
+            ", ".join(found["labels_below_goal"]) if found["labels_below_goal"] else "none"
+        )
     return summary
+
+
+def _generator_of(G: torch.nn.Module, config: dict) -> Generate:
+    """What the checks call: the generator at the resolution its run has reached (a run's `generator/`
+    mid-schedule has untrained upper blocks), upsampled to its full side."""
+    reached = config.get("training", {}).get("reached_resolution", config["resolution"])
+    if reached >= config["resolution"]:
+        return G
+    level, side = level_of(reached), config["resolution"]
+    return lambda z, labels: F.interpolate(G(z, labels, level=level), size=side, mode="nearest")
+
+
+def _cohort(config: dict) -> tuple[tuple[str, ...], str]:
+    """The model's cohort from its generator.json (or its run's config): patient prefixes and a name."""
+    run_config = config.get("training", {}).get("config", {})
+    prefixes = tuple(config.get("patient_prefixes", run_config.get("patient_prefixes", [])))
+    name = config.get("cohort", run_config.get("cohort")) or (
+        "patients " + ", ".join(f"{p}*" for p in prefixes) if prefixes else "all patients"
+    )
+    return prefixes, name
+
+
+def _print_sweep(sweep: dict, progress: Callable[[str], None]) -> None:
+    progress(
+        f"sweep: {sweep['labels_rising']} of {len(sweep['labels'])} labels rise by >= {SWEEP_RISE}, "
+        f"{sweep['labels_falling']} fall; median change {sweep['median_score_change']:+.4f}"
+    )
+    for name, v in sweep["labels"].items():
+        progress(f"  {name:20s} {v['score_at_0']:.4f} -> {v['score_at_1']:.4f}  {v['score_change']:+.4f}")
+
+
+def _print_collapse(found: dict, progress: Callable[[str], None]) -> None:
+    below = ", ".join(found["labels_below_goal"]) or "none"
+    progress(
+        f"collapse: min diversity ratio {found['min_ratio']} over {len(found['labels_judged'])} labels "
+        f"with >= {COLLAPSE_MIN_TRAIN} training images; below {COLLAPSE_GOAL}: {below}"
+    )
+    for name, v in found["labels"].items():
+        progress(f"  {name:20s} ratio {v['ratio']}  (real {v['real_images']}, training {v['train_images']})")
 
 
 def evaluate_model(
@@ -669,46 +967,60 @@ def evaluate_model(
     data_dir: Path,
     opts: EvalOptions | None = None,
     store: Path | None = None,
-    split_seed: int = 0,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    split_seed: int | None = None,
+    fractions: tuple[float, float, float] | None = None,
     progress: Callable[[str], None] = print,
+    generator_dir: Path | None = None,
 ) -> dict:
-    """Run the checks on a stored model, write the results into its folder and card; returns them."""
+    """Run the checks on a stored model (or, with `generator_dir`, on a generator folder such as a run's
+    `generator/`), write the results into its folder (and a stored model's card); returns them.
+
+    The split defaults to the one in the generator's run config, else 80/10/10 with hash seed 0."""
     opts = opts or EvalOptions()
     unknown = sorted(set(opts.checks) - set(CHECKS))
     if unknown:
         raise ValueError(f"unknown check(s) {', '.join(unknown)}; choose from {', '.join(CHECKS)}")
-    model: StoredModel = open_model(ref, store or store_root())
-    G, config = load_generator(model.path)
+    checks = set(opts.checks) | ({"sweep", "collapse"} if "classifier" in opts.checks else set())
+    model: StoredModel | None = None
+    if generator_dir is None:
+        model = open_model(ref, store or store_root())
+        folder, name = model.path, model.ref
+    else:
+        folder, name = Path(generator_dir), str(generator_dir)
+    G, config = load_generator(folder)
+    generate = _generator_of(G, config)
     torch.manual_seed(opts.seed)
     names = list(config["label_names"])
     resolution = config["resolution"]
+    run_config = config.get("training", {}).get("config", {})
+    fractions = tuple(fractions or run_config.get("split", (0.8, 0.1, 0.1)))
+    split_seed = run_config.get("seed", 0) if split_seed is None else split_seed
+    prefixes, cohort = _cohort(config)
+    data = CohortData(Path(data_dir), resolution, tuple(names), fractions, split_seed, prefixes)
+    px = min(opts.classifier_px, resolution)
     timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    splits = {
-        split: RadiographSet(data_dir, resolution, tuple(names), split, fractions, split_seed)
-        for split in ("train", "val", "test")
-    }
-    timings["load_data_s"] = time.perf_counter() - t0
-    train, val, test = splits["train"], splits["val"], splits["test"]
-    progress(
-        f"{model.ref}: {len(train)} training, {len(val)} validation and {len(test)} test images at "
-        f"{resolution} px"
-    )
+    progress(f"{name}: {resolution} px, judged against {cohort} of {data_dir}")
     evaluation: dict = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": model.ref,
+        "model": name,
         "data": str(data_dir),
         "split": f"patient-disjoint {fractions}, hash seed {split_seed}: the training run's split",
+        "cohort": {"name": cohort, "patient_prefixes": list(prefixes)},
         "options": {**asdict(opts), "checks": list(opts.checks)},
     }
+    if "reached_resolution" in config.get("training", {}):
+        evaluation["training"] = {
+            k: config["training"][k] for k in ("kimg", "total_kimg", "complete", "reached_resolution")
+        }
     figures: list[str] = []
-    if "memorisation" in opts.checks:
+    if "memorisation" in checks:
         t0 = time.perf_counter()
         memo_seed = stream_seed(opts.seed, STREAM_MEMORISATION)
-        memo, memo_figure = memorisation(G, G.latent_dim, train, test, resolution, opts.count, memo_seed)
-        memo_figure.save(model.path / "eval_memorisation.png")
+        train, test = data.split("train"), data.split("test")
+        memo, memo_figure = memorisation(
+            generate, G.latent_dim, train, test, resolution, opts.count, memo_seed
+        )
+        memo_figure.save(folder / "eval_memorisation.png")
         figures.append("eval_memorisation.png")
         timings["memorisation_s"] = time.perf_counter() - t0
         evaluation["memorisation"] = memo
@@ -716,28 +1028,50 @@ def evaluate_model(
             f"memorisation: {memo['flagged']} of {opts.count} generated images above the real-vs-real 99.9th "
             f"percentile {memo['metric']} {memo['threshold_real_p99_9']} ({timings['memorisation_s']:.0f} s)"
         )
-    if "classifier" in opts.checks:
-        checks, check_figures = classifier_checks(
-            G, G.latent_dim, names, train, val, test, resolution, opts, timings, progress
-        )
-        for name, image in check_figures.items():
-            image.save(model.path / name)
-        figures += list(check_figures)
-        evaluation["classifier_checks"] = checks
-    if "pictures" in opts.checks:
+    if checks & {"classifier", "sweep", "collapse"}:
         t0 = time.perf_counter()
-        figures += pictures(G, names, opts.seed, model.path)
+        real, evaluation["real_classifier"] = real_trained_classifier(data, px, opts, progress)
+        timings["classifier_real_s"] = time.perf_counter() - t0
+    if "classifier" in checks:
+        results, check_figures = classifier_checks(
+            generate, G.latent_dim, names, real, data.split("train"), data.split("val"), data.split("test"),
+            px, opts, timings, progress,
+        )  # fmt: skip
+        for figure_name, image in check_figures.items():
+            image.save(folder / figure_name)
+        figures += list(check_figures)
+        evaluation["classifier_checks"] = results
+    if "sweep" in checks:
+        t0 = time.perf_counter()
+        evaluation["controllability"] = controllability(generate, G.latent_dim, names, real.model, px, opts)
+        timings["sweep_s"] = time.perf_counter() - t0
+        _print_sweep(evaluation["controllability"], progress)
+    if "collapse" in checks:
+        t0 = time.perf_counter()
+        train, test = data.split("train"), data.split("test")
+        reals = torch.cat([train.images_at(px), test.images_at(px)])
+        real_labels = torch.cat([train.labels, test.labels])
+        evaluation["collapse"] = collapse(
+            generate, G.latent_dim, names, real.model, px, reals, real_labels, train.labels, opts
+        )
+        timings["collapse_s"] = time.perf_counter() - t0
+        _print_collapse(evaluation["collapse"], progress)
+    if "pictures" in checks:
+        t0 = time.perf_counter()
+        figures += pictures(G, names, opts.seed, folder)
         timings["pictures_s"] = time.perf_counter() - t0
+    evaluation["cohort"]["images"] = data.images_by_split()
     evaluation["figures"] = sorted(figures)
     evaluation["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     progress("timings (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in timings.items()))
 
-    (model.path / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
-    card = ModelCard.model_validate(model.card())
-    card.evaluation = _card_summary(evaluation, opts)
-    card.files["evaluation"] = "evaluation.json"
-    (model.path / "model_card.json").write_text(card.model_dump_json(indent=1))
-    (model.path / "model_card.md").write_text(card_markdown(card))
-    write_sums(model.path)
-    open_model(model.ref, store or store_root())  # what was written verifies
+    (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+    if model is not None:
+        card = ModelCard.model_validate(model.card())
+        card.evaluation = _card_summary(evaluation, opts)
+        card.files["evaluation"] = "evaluation.json"
+        (model.path / "model_card.json").write_text(card.model_dump_json(indent=1))
+        (model.path / "model_card.md").write_text(card_markdown(card))
+        write_sums(model.path)
+        open_model(model.ref, store or store_root())  # what was written verifies
     return evaluation

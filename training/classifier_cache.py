@@ -1,0 +1,77 @@
+"""The real-trained classifier of `thorax evaluate`, kept on disk so that a second evaluation skips its
+training (a minute or two on 2 cores at 64 px): the fast checks (`--checks sweep,collapse`) then cost
+only the generated images.
+
+One entry per key: the data folder, a hash of its label table (so a grown data set trains anew), the
+cohort's patient prefixes, the resolution the images were loaded at, the classifier's input side,
+kind, epochs and seed, the split's fractions and hash seed, and the label names. The weights are a
+safetensors file named by a hash of the key; a JSON file beside it holds the key itself and what the
+training reported (best epoch, validation AUC, seconds). The folder is `$THORAX_CACHE_DIR`, else
+`~/.cache/thorax`; deleting it is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from training import classifier as clf
+from training.checkpoint import atomic_write
+
+CACHE_VERSION = 1  # raise when the classifier's training changes, so that old entries are not reused
+
+
+def cache_root() -> Path:
+    """`$THORAX_CACHE_DIR`, else `~/.cache/thorax`."""
+    return Path(os.environ.get("THORAX_CACHE_DIR") or Path.home() / ".cache" / "thorax")
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def entry_path(root: Path, key: dict) -> Path:
+    """Where the weights of `key` live: `classifiers/<hash of the key>.safetensors` under `root`."""
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True).encode())
+    return root / "classifiers" / f"{digest.hexdigest()[:24]}.safetensors"
+
+
+def load_classifier(root: Path, key: dict, outputs: int) -> clf.TrainResult | None:
+    """The cached classifier of `key` in eval mode, or None when there is none (or it is unreadable)."""
+    weights = entry_path(root, key)
+    meta_path = weights.with_suffix(".json")
+    if not (weights.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != key:  # a hash collision or a hand-edited entry: train anew
+            return None
+        model = clf.build(key["classifier"], outputs)
+        model.load_state_dict(load_safetensors(weights.read_bytes()), strict=True)
+    except (OSError, ValueError, RuntimeError, KeyError):
+        return None
+    val_auc = meta.get("val_auc")
+    return clf.TrainResult(
+        model.eval(), meta["best_epoch"], math.nan if val_auc is None else val_auc, meta["seconds"], []
+    )
+
+
+def save_classifier(root: Path, key: dict, result: clf.TrainResult) -> Path:
+    """Write `result`'s weights and the key beside them (atomically: a concurrent reader sees all or none)."""
+    weights = entry_path(root, key)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in result.model.state_dict().items()}
+    atomic_write(weights, save_safetensors(tensors))
+    meta = {
+        "key": key,
+        "best_epoch": result.best_epoch,
+        "val_auc": None if math.isnan(result.val_auc) else round(result.val_auc, 4),
+        "seconds": round(result.seconds, 1),
+    }
+    atomic_write(weights.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+    return weights
