@@ -5,14 +5,11 @@ visible only when complete, then `manifest.json`. A shard is a pure function of 
 index), so a gateway that starts and finds a job without a manifest resumes it at its first missing
 shard, and writing a shard twice is harmless.
 
-Inside a job three stages overlap, joined by bounded queues so that memory stays flat whatever the count:
-
-    inference thread ──(batches of images)──▶ encoder thread ──(tar chunks)──▶ job thread (upload)
+Inside a job three stages overlap (inference, encoding, upload): see `service.pipeline`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
@@ -24,41 +21,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
 from thoraxclient.schemas import TERMINAL_STATES, JobRequest, JobSpec, JobStatus, Manifest, ShardEntry
 
 from service import labels as label_rules
 from service.backends import BackendError
 from service.catalog import Catalog, LoadedModel
-from service.imaging import dicom_bytes, downsample, png_bytes
 from service.metrics import Metrics
+from service.pipeline import POLL_S, Cancelled, Interrupted, Pipeline, ShardReader, StageFailed, shard_indices
 from service.problems import ApiProblem, FieldProblem, LimitProblem
 from service.settings import Settings
-from service.shards import Digest, canonical_json, image_key, shard_name, tar_end, tar_member
+from service.shards import Digest, canonical_json, shard_name
 from service.storage import Storage, StorageError
 from thorax.store import StoreError
 
 log = logging.getLogger("thorax.gateway")
 SPEC, MANIFEST, CANCELLED = "job.json", "manifest.json", "cancelled.json"
 _PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._=-")
-_POLL = 0.2  # seconds between checks of stop flags while waiting on a queue
 STARTUP_SCAN_WAIT_S = 10.0  # how long a request for an unknown job waits for the start-up scan of storage
 SHARD_URL_SECONDS = 6 * 3600  # presigned shard URLs stay valid this long
-
-
-class Cancelled(Exception):
-    """The job was cancelled by a user."""
-
-
-class Interrupted(Exception):
-    """The gateway is shutting down; the job stays resumable."""
-
-
-def spec_sha256(spec: JobSpec) -> str:
-    """What the shard bytes depend on: the spec without the job id, destination and creation time."""
-    return hashlib.sha256(
-        canonical_json(spec.model_dump(mode="json", exclude={"job_id", "prefix", "created"}))
-    ).hexdigest()
 
 
 def clean_prefix(prefix: str) -> str:
@@ -341,7 +321,7 @@ class JobManager:
     def _worker(self) -> None:
         while not self.stopping.is_set():
             try:
-                job = self.queue.get(timeout=_POLL)
+                job = self.queue.get(timeout=POLL_S)
             except queue.Empty:
                 continue
             if job.cancel.is_set() or job.state == "cancelled":
@@ -399,6 +379,10 @@ class JobManager:
                 self.metrics.errors.labels("backend").inc()
                 job.state, job.error = "failed", f"backend: {exc}"
                 return
+            except StageFailed as exc:
+                log.error("job %s failed", job.id, exc_info=exc.error)
+                job.state, job.error = "failed", str(exc)
+                return
 
     def _check(self, job: Job) -> None:
         if job.cancel.is_set():
@@ -418,7 +402,7 @@ class JobManager:
                 digest = Digest()
                 for chunk in self.storage.iter_bytes(job.key(name)):
                     digest.add(chunk)
-                indices = self._shard_indices(job, index)
+                indices = shard_indices(job.spec, index)
                 counts = label_rules.positive_counts(plan(indices), job.spec.label_names)
                 job.committed[index] = ShardEntry(
                     name=name,
@@ -432,114 +416,31 @@ class JobManager:
     def model_of(self, job: Job) -> LoadedModel:
         return self.catalog.get(f"{job.spec.model_name}/{job.spec.model_version}")
 
-    def _shard_indices(self, job: Job, shard_index: int) -> range:
-        start = shard_index * job.spec.shard_size
-        return range(start, min(start + job.spec.shard_size, job.spec.count))
-
     def _produce(self, job: Job, model: LoadedModel) -> None:
         pending = [i for i in range(job.spec.shards_total) if i not in job.committed]
         if not pending:
             return
-        stop = threading.Event()
-        batches: queue.Queue = queue.Queue(maxsize=2)
-        chunks: queue.Queue = queue.Queue(maxsize=8)
-        threads = [
-            threading.Thread(target=self._infer, args=(job, model, pending, batches, stop), daemon=True),
-            threading.Thread(target=self._encode, args=(job, batches, chunks, stop), daemon=True),
-        ]
-        for thread in threads:
-            thread.start()
-        try:
+        check = lambda: self._check(job)  # noqa: E731
+        with Pipeline(job, model, pending, self.settings.batch_size, self.metrics, check) as pipeline:
             for index in pending:
-                self._upload(job, index, chunks, threads)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=30)
+                self._upload(job, pipeline.shard(index))
 
-    def _infer(
-        self, job: Job, model: LoadedModel, pending: list[int], out: queue.Queue, stop: threading.Event
-    ) -> None:
-        spec, plan = job.spec, label_rules.LabelPlan.of(job.spec, model.prior_patterns)
-        try:
-            for shard_index in pending:
-                indices = self._shard_indices(job, shard_index)
-                for start in range(indices.start, indices.stop, self.settings.batch_size):
-                    self._check(job)
-                    batch = list(range(start, min(start + self.settings.batch_size, indices.stop)))
-                    labels = plan(batch)  # [n, L]
-                    t0 = time.perf_counter()
-                    images = model.backend.generate(spec.seed, batch, labels)  # [n, H, W] uint8
-                    self.metrics.inference.labels(model.ref).observe(time.perf_counter() - t0)
-                    images = downsample(images, spec.resolution)
-                    _put(out, ("batch", shard_index, batch, images, labels), stop)
-                _put(out, ("end", shard_index, indices), stop)
-        except Exception as exc:  # handed to the upload side, which raises it in the job thread
-            _put(out, ("error", exc), stop)
-
-    def _encode(self, job: Job, source: queue.Queue, out: queue.Queue, stop: threading.Event) -> None:
-        spec, encoder = job.spec, SampleEncoder(job.spec)
-        counts: dict[int, np.ndarray] = {}  # shard -> images per label with a value >= 0.5
-        try:
-            while (item := _get(source, stop)) is not None:
-                if item[0] == "error":
-                    _put(out, item, stop)
-                    return
-                if item[0] == "end":
-                    _, shard_index, indices = item
-                    positives = counts.pop(shard_index, np.zeros(len(spec.label_names), np.int64))
-                    label_counts = dict(zip(spec.label_names, positives.tolist(), strict=True))
-                    _put(out, ("data", shard_index, tar_end()), stop)
-                    _put(out, ("end", shard_index, indices, label_counts), stop)
-                    continue
-                _, shard_index, batch, images, labels = item
-                t0 = time.perf_counter()
-                data = b"".join(
-                    encoder(i, image, row) for i, image, row in zip(batch, images, labels, strict=True)
-                )
-                counts[shard_index] = counts.get(shard_index, 0) + (labels >= 0.5).sum(axis=0)
-                job.images_encoded += len(batch)
-                self.metrics.encoding.labels(spec.format).observe(time.perf_counter() - t0)
-                _put(out, ("data", shard_index, data), stop)
-        except Exception as exc:
-            _put(out, ("error", exc), stop)
-
-    def _upload(
-        self, job: Job, shard_index: int, source: queue.Queue, threads: list[threading.Thread]
-    ) -> None:
-        digest, ended = Digest(), {}
-
-        def stream():
-            while True:
-                self._check(job)
-                try:
-                    item = source.get(timeout=_POLL)
-                except queue.Empty:
-                    if not all(t.is_alive() for t in threads):
-                        raise RuntimeError("a pipeline stage stopped unexpectedly") from None
-                    continue
-                if item[0] == "error":
-                    raise item[1]
-                if item[1] != shard_index:
-                    raise RuntimeError(f"shard {item[1]} arrived while writing shard {shard_index}")
-                if item[0] == "end":
-                    ended["indices"], ended["label_counts"] = item[2], item[3]
-                    return
-                yield digest.add(item[2])
-
+    def _upload(self, job: Job, shard: ShardReader) -> None:
+        """Stream one shard from the pipeline into storage, then count it as committed."""
+        digest, name = Digest(), shard_name(shard.shard_index)
         t0 = time.perf_counter()
-        self.storage.put_stream(job.key(shard_name(shard_index)), stream())
-        if "indices" not in ended:
-            raise StorageError(f"shard {shard_index}: the upload ended before the shard did")
+        self.storage.put_stream(job.key(name), (digest.add(chunk) for chunk in shard))
+        if shard.end is None:
+            raise StorageError(f"{name}: the upload ended before the shard did")
         self.metrics.upload.observe(time.perf_counter() - t0)
-        indices = ended["indices"]
-        job.committed[shard_index] = ShardEntry(
-            name=shard_name(shard_index),
+        indices = shard.end.indices
+        job.committed[shard.shard_index] = ShardEntry(
+            name=name,
             sha256=digest.sha.hexdigest(),
             bytes=digest.size,
             images=len(indices),
             first_index=indices.start,
-            label_counts=ended["label_counts"],
+            label_counts=shard.end.label_counts or {},
         )
         self.metrics.shards.inc()
         self.metrics.images.labels(f"{job.spec.model_name}/{job.spec.model_version}").inc(len(indices))
@@ -565,53 +466,9 @@ class JobManager:
         self.storage.put_bytes(job.key(MANIFEST), data)
 
 
-class SampleEncoder:
-    """One image of a job -> its two tar members: the image (PNG or DICOM) and its JSON record."""
-
-    def __init__(self, spec: JobSpec) -> None:
-        self.spec, self.spec_hash = spec, spec_sha256(spec)
-        self.model_ref = f"{spec.model_name}/{spec.model_version}"
-        self.model_info = {"name": spec.model_name, "version": spec.model_version,
-                           "card_sha256": spec.model_card_sha256}  # fmt: skip
-
-    def __call__(self, index: int, image: np.ndarray, label_row: np.ndarray) -> bytes:
-        spec, key = self.spec, image_key(index)
-        values = {name: round(float(v), 6) for name, v in zip(spec.label_names, label_row, strict=True)}
-        if spec.format == "png":
-            image_member = tar_member(f"{key}.png", png_bytes(image))
-        else:
-            dicom = dicom_bytes(image, model=self.model_ref, model_sha=spec.model_card_sha256,
-                                spec_sha=self.spec_hash, index=index, labels=values)  # fmt: skip
-            image_member = tar_member(f"{key}.dcm", dicom)
-        record = {
-            "key": key, "index": index, "seed": spec.seed, "model": self.model_info, "labels": values,
-            "label_vector": list(values.values()),  # in the model's label order
-            "resolution": spec.resolution, "format": spec.format, "spec_sha256": self.spec_hash,
-        }  # fmt: skip
-        return image_member + tar_member(f"{key}.json", canonical_json(record))
-
-
 def resolve_resolution(asked: int | None, model: LoadedModel) -> int:
     if asked is None:
         return model.resolution
     if asked > model.resolution:
         raise FieldProblem("resolution", f"at most the model's {model.resolution} px (lower is downsampled)")
     return asked
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=_POLL)
-            return
-        except queue.Full:
-            continue
-
-
-def _get(q: queue.Queue, stop: threading.Event):
-    while not stop.is_set():
-        try:
-            return q.get(timeout=_POLL)
-        except queue.Empty:
-            continue
-    return None

@@ -1,0 +1,97 @@
+"""Regression tests for issue 12 ("Hardening"): each test names the defect it covers. In-process gateway
+(FastAPI's TestClient) on the tiny exported model, storing to a local folder, unless it says otherwise."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.gateway_helpers import samples, wait_for_job
+
+
+@pytest.fixture(scope="module", autouse=True)
+def store_env(tiny_store: Path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("THORAX_MODEL_STORE", str(tiny_store))
+        yield tiny_store
+
+
+def gateway_settings(tmp: Path, **overrides) -> Settings:
+    return Settings(**{"storage_dir": tmp, "batch_size": 8, "onnx_threads": 1, **overrides})
+
+
+def submit_and_wait(client: TestClient, body: dict, timeout: float = 120.0) -> dict:
+    response = client.post("/generate", json=body)
+    assert response.status_code == 202, response.text
+    return wait_for_job(lambda: client.get(response.json()["url"]).json(), timeout)
+
+
+def slow_encoder(monkeypatch: pytest.MonkeyPatch, seconds: float, fail_at: int | None = None) -> None:
+    """Make the encoder stage take `seconds` per image (and raise at image `fail_at`)."""
+    from service.pipeline import SampleEncoder
+
+    encode = SampleEncoder.__call__
+
+    def slowed(self, index, image, label_row):
+        time.sleep(seconds)
+        if index == fail_at:
+            raise ValueError(f"encoder exploded at image {index}")
+        return encode(self, index, image, label_row)
+
+    monkeypatch.setattr(SampleEncoder, "__call__", slowed)
+
+
+# ---- defect 1: end-of-stream and errors travel through the queues ---------------------------------------
+
+
+@pytest.mark.parametrize("image_format", ["png", "dicom"])
+def test_a_slow_encoder_does_not_kill_the_job(
+    image_format: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 1: the last batch took longer to encode than the upload's 0.2 s poll after the inference
+    thread had ended, and the job died with "a pipeline stage stopped unexpectedly"."""
+    slow_encoder(monkeypatch, 0.04)  # shards of one batch of 8 images: 0.32 s each
+    count = 24
+    with TestClient(create_app(gateway_settings(tmp_path / "data"))) as client:
+        status = submit_and_wait(client, {"count": count, "shard_size": 8, "seed": 2, "format": image_format})
+    assert status["state"] == "succeeded", status
+    assert status["images_done"] == count and status["shards_done"] == 3
+    folder = Path(status["location"])
+    keys = samples([p.read_bytes() for p in sorted(folder.glob("shard-*.tar"))])
+    assert sorted(keys) == [f"{i:09d}" for i in range(count)]
+    assert all(("png" if image_format == "png" else "dcm") in members for members in keys.values())
+
+
+def test_an_error_in_the_encoder_fails_the_job_with_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 1: a stage's exception reaches the job as a message and fails it with that error."""
+    slow_encoder(monkeypatch, 0.0, fail_at=13)
+    with TestClient(create_app(gateway_settings(tmp_path / "data"))) as client:
+        status = submit_and_wait(client, {"count": 24, "shard_size": 10, "seed": 2})
+    assert status["state"] == "failed", status
+    assert "encoder exploded at image 13" in status["error"], status
+    assert status["shards_done"] == 1  # the shard before the error was committed
+
+
+def test_an_error_in_inference_fails_the_job_with_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 1: the same for the inference stage."""
+    import service.pipeline
+
+    downsample = service.pipeline.downsample
+
+    def failing(images, resolution):
+        raise ArithmeticError("inference exploded")
+
+    monkeypatch.setattr(service.pipeline, "downsample", failing)
+    with TestClient(create_app(gateway_settings(tmp_path / "data"))) as client:
+        status = submit_and_wait(client, {"count": 24, "shard_size": 10, "seed": 2})
+    assert status["state"] == "failed" and "inference exploded" in status["error"], status
+    monkeypatch.setattr(service.pipeline, "downsample", downsample)
