@@ -183,7 +183,11 @@ def test_a_storage_outage_is_retried_or_fails_clearly_and_resumes(tiny_store: Pa
         )))  # fmt: skip
 
     def started(client: TestClient) -> dict:
-        job = client.post("/generate", json=body).json()
+        # Storage has just come up: the gateway may not have seen it yet (its scan backs off up to 10 s).
+        wait_until(lambda: client.get("/readyz").status_code == 200, 60, "a ready gateway")
+        created = client.post("/generate", json=body)
+        assert created.status_code == 202, created.text
+        job = created.json()
         wait_until(lambda: client.get(job["url"]).json()["shards_done"] >= 1, 60, "a committed shard")
         return job
 
