@@ -177,6 +177,13 @@ class JobManager:
             elif self.settings.resume_on_start:
                 log.info("resuming job %s", job.id)
                 self.queue.put(job)
+            else:  # unfinished, and nobody runs it: not active, so that it blocks no new job
+                job.state = "failed"
+                job.error = (
+                    f"unfinished: the run that made it stopped after {len(names & _shard_names(spec))} of "
+                    f"{spec.shards_total} shards; POST {job.id}/resume (or `thorax generate --resume`) "
+                    "finishes it"
+                )
 
     # ---- requests ---------------------------------------------------------------------------------
 
@@ -331,7 +338,7 @@ class JobManager:
                 self._run(job)
             except Exception:  # never let a worker die
                 log.exception("job %s crashed", job.id)
-                job.state, job.error = "failed", "internal error; see the gateway log"
+                job.state, job.error = "failed", "internal error (logged); resuming the job retries it"
 
     def _run(self, job: Job) -> None:
         job.state, job.error = "running", None
@@ -464,6 +471,10 @@ class JobManager:
         stored = manifest.model_dump(mode="json", exclude={"shards": {"__all__": {"url"}}})
         data = json.dumps(stored, indent=1, sort_keys=True).encode()
         self.storage.put_bytes(job.key(MANIFEST), data)
+
+
+def _shard_names(spec: JobSpec) -> set[str]:
+    return {shard_name(i) for i in range(spec.shards_total)}
 
 
 def resolve_resolution(asked: int | None, model: LoadedModel) -> int:

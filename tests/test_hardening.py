@@ -95,3 +95,30 @@ def test_an_error_in_inference_fails_the_job_with_its_message(
         status = submit_and_wait(client, {"count": 24, "shard_size": 10, "seed": 2})
     assert status["state"] == "failed" and "inference exploded" in status["error"], status
     monkeypatch.setattr(service.pipeline, "downsample", downsample)
+
+
+# ---- defect 4: failed jobs are not active ------------------------------------------------------------
+
+
+def test_failed_generate_runs_in_one_folder_block_no_new_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Defect 4: an unfinished job found in storage and not resumed counted as queued, so failed
+    `thorax generate` runs into one --out folder soon refused every new job; and the failure message did
+    not say how to finish the job."""
+    from thorax.cli import main
+
+    out = tmp_path / "out"
+    monkeypatch.setenv("THORAX_MAX_ACTIVE_JOBS", "1")
+    with monkeypatch.context() as broken:
+        slow_encoder(broken, 0.0, fail_at=1)
+        for _ in range(2):
+            assert main(["generate", "--count", "3", "--seed", "1", "--out", str(out)]) == 1
+            printed = capsys.readouterr()
+            assert "encoder exploded at image 1" in printed.out, printed
+            assert f"thorax generate --resume --out {out}" in printed.out, printed
+    assert main(["generate", "--count", "3", "--seed", "1", "--out", str(out)]) == 0  # not refused
+    assert "succeeded: 3 images" in capsys.readouterr().out
+    assert main(["generate", "--resume", "--out", str(out)]) == 0  # the two failed ones, finished
+    assert capsys.readouterr().out.count("succeeded: 3 images") == 2
+    assert len(list(out.glob("*/manifest.json"))) == 3

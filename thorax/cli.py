@@ -313,6 +313,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 print(f"job {job.id} succeeded: {job.images_done} images; {manifest}")
             else:
                 print(f"job {job.id} {job.state}: {job.error or 'not finished'}")
+        if any(j.state == "failed" for j in jobs):
+            out = f" --out {args.out}" if args.out else ""
+            print(f"`thorax generate --resume{out}` finishes the failed jobs from their first missing shard")
         return 1 if failed else 0
     except KeyboardInterrupt:
         print(
