@@ -302,6 +302,11 @@ def test_a_conditioning_variant_run_exports_and_serves(tmp_path: Path, data_dir:
         assert config["patient_prefixes"] == ["nih_"] and config["cohort"] == "NIH adults"
         card = ModelCard.model_validate(model.card())
         assert [source.name.split()[0] for source in card.training_data.sources] == ["NIH"]
+        assert card.training_data.cohort == "NIH adults"
+        assert not any("children are mixed" in c for c in card.training_data.caveats)
+        assert "projection critic" in card.architecture.conditioning
+        assert "every block" in card.architecture.conditioning
+        assert "One cohort only: NIH adults" in model.file("card_markdown").read_text()
     with zipfile.ZipFile(model.file("mar")) as mar:
         mar.extractall(tmp_path / "mar")
     handler = GeneratorHandler()

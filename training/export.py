@@ -68,13 +68,30 @@ KNOWN_SOURCES = {
         "arXiv:2006.11988; each image's licence, DOI and URL are listed in ieee8023_image_licenses.csv",
     ),
 }
-CXR256_CAVEATS = [
+MIXED_COHORT_CAVEAT = (
     "Adults and children are mixed: Pneumonia and No Finding come mostly from the paediatric "
-    "(Kermany) set, the other labels from NIH adults, so the label also moves the age look.",
-    "Most NIH images were 64 px at the source (upsampled for this data set): above 64 px the adult "
-    "images are blurry.",
-    "Rare NIH labels have few examples (Hernia 9, Fibrosis 26 in all 2,246 images).",
+    "(Kermany) set, the other labels from NIH adults, so the label also moves the age look."
+)
+NIH_CAVEATS = [
+    "811 of the 1,408 NIH images were 64 px at the source (upsampled for this data set): above 64 px "
+    "most adult images are blurry; the 535 added last are sharp.",
 ]
+
+
+def cxr256_caveats(prefixes: set[str], label_counts: dict[str, int]) -> list[str]:
+    """What a card must say about training data drawn from shared/data/cxr256's sources."""
+    caveats = []
+    if "kermany_" in prefixes and len(prefixes) > 1:
+        caveats.append(MIXED_COHORT_CAVEAT)
+    if "nih_" in prefixes:
+        caveats += NIH_CAVEATS
+    rare = sorted((count, name) for name, count in label_counts.items())[:3]
+    if rare and len(label_counts) > 1:
+        listed = ", ".join(f"{name} {count}" for count, name in rare)
+        caveats.append(f"Rare labels have few training examples ({listed}).")
+    if prefixes == {"kermany_"}:
+        caveats.append("Children aged 1-5 only: not a model of adult chest radiographs.")
+    return caveats
 
 
 class ExportError(UserError):
@@ -240,6 +257,8 @@ def training_data_summary(
         sources.append({"name": name, "images": count, "licence": licence, "attribution": attribution})
     patterns = Counter(tuple(name for name, p in zip(label_names, row, strict=True) if p) for row in positive)
     shares = "/".join(f"{round(100 * f):g}" for f in fractions)
+    label_counts = {name: int(c) for name, c in zip(label_names, positive.sum(0), strict=True)}
+    known = set(by_prefix) <= set(KNOWN_SOURCES)
     training_data = {
         "description": f"{n} training images of {len(set(patients))} patients from "
         f"{table_path.parent.name}/{table_path.name}",
@@ -249,9 +268,9 @@ def training_data_summary(
         "train_patients": len(set(patients)),
         "split": f"patient-disjoint {shares} train/validation/test by a hash of the patient id; only the "
         "training split was shown to the GAN (the split is saved with the run as split.json)",
-        "label_counts": {name: int(c) for name, c in zip(label_names, positive.sum(0), strict=True)},
+        "label_counts": label_counts,
         "no_finding_images": int((~positive.any(1)).sum()),
-        "caveats": CXR256_CAVEATS if set(by_prefix) <= set(KNOWN_SOURCES) else [],
+        "caveats": cxr256_caveats(set(by_prefix), label_counts) if known else [],
     }
     both = positive.T.astype(np.float64) @ positive.astype(np.float64) / n  # [L, L]
     label_prior = {
@@ -264,9 +283,36 @@ def training_data_summary(
     return training_data, label_prior
 
 
+def conditioning_summary(cfg) -> str:
+    """The card's one-line account of how the labels reach both networks, from the run's config."""
+    parts = ["labels concatenated with the latent at the input"]
+    if cfg.label_embedding:
+        parts[0] = "labels embedded to the latent's width at the input"
+    if cfg.label_modulation:
+        parts.append(f"a {cfg.label_modulation}-d label embedding scales and shifts every block's features")
+    parts.append(
+        "projection critic (linear label embedding) plus the ACGAN head"
+        if cfg.projection
+        else "ACGAN head on the critic"
+    )
+    if cfg.cond_ramp_end_kimg > cfg.cond_ramp_start_kimg:
+        parts.append(
+            f"conditioning ramped in from {cfg.cond_ramp_start_kimg:g} to {cfg.cond_ramp_end_kimg:g} kimg"
+        )
+    if cfg.ada_target:
+        parts.append(f"adaptive augmentation of the critic's inputs (target r_t {cfg.ada_target:g})")
+    elif cfg.augment_p:
+        parts.append(f"augmentation of the critic's inputs (p {cfg.augment_p:g})")
+    if cfg.rare_label_power:
+        parts.append(f"label vectors drawn with weight prevalence^-{cfg.rare_label_power:g}")
+    return "; ".join(parts)
+
+
 def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -> ModelCard:
     cfg, meta = info["cfg"], info["meta"]
     training_data, label_prior = training_data_summary(info["run_dir"], cfg.label_names, cfg.split)
+    if cfg.patient_prefixes:
+        training_data["cohort"] = cfg.cohort or ", ".join(f"{p}*" for p in cfg.patient_prefixes)
     import onnxruntime
 
     software = {
@@ -297,6 +343,7 @@ def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -
             f"auxiliary per-label sigmoid cross-entropy (weight {cfg.label_weight:g}) on reals and fakes",
             "ema_beta": cfg.ema_beta,
             "precision": "bf16 autocast, gradient penalty in fp32" if meta.get("bf16") else "fp32",
+            "conditioning": conditioning_summary(cfg),
         },
         "labels": {
             "names": list(cfg.label_names),
@@ -324,8 +371,8 @@ def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -
         "images; run `thorax evaluate` (nearest-neighbour check) before sharing a new model.",
         "limitations": [
             f"{cfg.resolution} px only; images are blurry next to clinical radiographs.",
-            "Trained on a small public set of 2,246 radiographs on a CPU: labels are learned weakly, rare "
-            "labels hardly at all.",
+            f"Trained on {training_data['train_images']:,} public radiographs on a CPU: rare labels have "
+            "little signal; see the evaluation for how well each label is drawn.",
             *training_data["caveats"],
         ],
         "evaluation": None,
@@ -352,6 +399,8 @@ def card_markdown(card: ModelCard) -> str:
         f"- **{s.name}** ({s.images} training images). Licence: {s.licence}. {s.attribution}"
         for s in d.sources
     )
+    conditioning = f"\nConditioning: {a.conditioning}." if a.conditioning else ""
+    cohort = f" One cohort only: {d.cohort}." if d.cohort else ""
     return f"""# Model card: {card.name} {card.version}
 
 Created {card.created.isoformat()} from commit `{card.git_commit}`.
@@ -360,7 +409,7 @@ Created {card.created.isoformat()} from commit `{card.git_commit}`.
 A {a.family} that draws one-channel {a.resolution}x{a.resolution} chest radiographs from a
 {a.latent_dim}-d Gaussian latent and {len(card.labels.names)} pathology labels ({card.labels.encoding}).
 {a.parameters:,} parameters. Trained for {a.kimg:g} of {a.total_kimg:g} kimg ({progress}); {a.loss};
-EMA {a.ema_beta}; {a.precision}.
+EMA {a.ema_beta}; {a.precision}.{conditioning}
 
 Files: {", ".join(f"`{v}` ({k})" for k, v in card.files.items())}.
 
@@ -370,7 +419,7 @@ Files: {", ".join(f"`{v}` ({k})" for k, v in card.files.items())}.
 Not for: {"; ".join(card.not_for)}.
 
 ## Training data
-{d.description}. {d.split}.
+{d.description}.{cohort} {d.split}.
 
 {sources}
 

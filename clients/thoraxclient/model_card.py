@@ -43,6 +43,9 @@ class Architecture(_Strict):
     loss: str
     ema_beta: float
     precision: str
+    conditioning: str | None = Field(
+        default=None, description="how the labels reach the generator and the critic (older cards: none)"
+    )
 
 
 class DataSource(_Strict):
@@ -62,6 +65,9 @@ class TrainingData(_Strict):
     label_counts: dict[str, int] = Field(description="positive training images per label")
     no_finding_images: int
     caveats: list[str]
+    cohort: str | None = Field(
+        default=None, description="the one cohort trained on (e.g. NIH adults); none = every patient"
+    )
 
 
 class LabelPrior(_Strict):
