@@ -37,6 +37,7 @@ from thorax.store import StoreError
 log = logging.getLogger("thorax.gateway")
 SPEC, MANIFEST, CANCELLED = "job.json", "manifest.json", "cancelled.json"
 _PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._=-")
+MAX_PREFIX_SEGMENT = 100  # characters per folder name in `prefix` (file systems allow 255 bytes)
 STARTUP_SCAN_WAIT_S = 10.0  # how long a request for an unknown job waits for the start-up scan of storage
 SHARD_URL_SECONDS = 6 * 3600  # presigned shard URLs stay valid this long
 
@@ -51,6 +52,8 @@ def clean_prefix(prefix: str) -> str:
     for part in prefix.split("/"):
         if part in ("", ".", "..") or not set(part) <= _PREFIX_CHARS:
             raise FieldProblem("prefix", f"segment {part!r} not allowed: use letters, digits and . _ = -")
+        if len(part) > MAX_PREFIX_SEGMENT:  # a folder name every file system and S3 server takes
+            raise FieldProblem("prefix", f"a segment is {len(part)} characters; at most {MAX_PREFIX_SEGMENT}")
     return prefix
 
 
@@ -223,11 +226,13 @@ class JobManager:
             if active >= s.max_active_jobs:
                 raise LimitProblem(f"{active} jobs are queued or running; the limit is {s.max_active_jobs}")
             self.jobs[spec.job_id] = job
-        try:
+        try:  # a job that could not be recorded leaves no trace: not listed, not counted as active
             self.storage.put_bytes(job.key(SPEC), spec.model_dump_json(indent=1).encode())
-        except StorageError as exc:
+        except BaseException as exc:
             with self.lock:
                 del self.jobs[spec.job_id]
+            if not isinstance(exc, StorageError):
+                raise
             self.metrics.errors.labels("storage").inc()
             raise ApiProblem(503, "Storage unavailable", f"could not record the job: {exc}") from exc
         self.queue.put(job)

@@ -122,3 +122,36 @@ def test_failed_generate_runs_in_one_folder_block_no_new_job(
     assert main(["generate", "--resume", "--out", str(out)]) == 0  # the two failed ones, finished
     assert capsys.readouterr().out.count("succeeded: 3 images") == 2
     assert len(list(out.glob("*/manifest.json"))) == 3
+
+
+# ---- defect 3: a job that failed to record leaves no trace ---------------------------------------------
+
+
+def test_a_too_long_prefix_is_a_422_and_leaves_no_job(tmp_path: Path) -> None:
+    """Defect 3: a prefix segment of 256 characters gave a 500 (a raw OSError from the local storage) and
+    left a phantom `queued` job; four of them refused every later submit with 429."""
+    with TestClient(create_app(gateway_settings(tmp_path / "data", max_active_jobs=4))) as client:
+        for _ in range(5):
+            response = client.post("/generate", json={"count": 1, "prefix": "x" * 256})
+            assert response.status_code == 422, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["errors"][0]["field"] == "prefix"
+        assert client.get("/v1/jobs").json()["jobs"] == []
+        assert submit_and_wait(client, {"count": 1, "prefix": "x" * 100})["state"] == "succeeded"
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["x" * 100]  # nothing of the refused ones
+
+
+def test_a_job_storage_refuses_to_record_is_a_503_and_leaves_no_job(tmp_path: Path) -> None:
+    """Defect 3: when writing job.json fails, the job is neither listed nor counted, and the answer is
+    a problem, not a 500. Here a file stands where the job's folder would go."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "blocked").write_text("a file, not a folder")
+    with TestClient(create_app(gateway_settings(data, max_active_jobs=1))) as client:
+        for _ in range(2):
+            response = client.post("/generate", json={"count": 1, "prefix": "blocked"})
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert "could not record the job" in response.json()["detail"]
+        assert client.get("/v1/jobs").json()["jobs"] == []
+        assert submit_and_wait(client, {"count": 1})["state"] == "succeeded"  # nothing counts as active

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -48,7 +49,8 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"writing {key}: {exc}") from exc
         finally:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # its folder may not exist; the write's error is the news
+                temp.unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
