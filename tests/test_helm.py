@@ -84,8 +84,12 @@ def readme_values() -> dict:
     return yaml.safe_load(blocks[0])
 
 
+# `--set torchserve.enabled=true` alone: TorchServe's default CPU request lets its autoscaler render.
+TORCHSERVE_ONLY = {"torchserve": {"enabled": True}}
+
 CASES = {
     "defaults": {},
+    "torchserve-only": TORCHSERVE_ONLY,
     "all-on-created-secret": ALL_ON_CREATED_SECRET,
     "all-on-existing-secret": ALL_ON_EXISTING_SECRET,
     "local-storage": LOCAL_STORAGE,
@@ -365,6 +369,19 @@ def test_torchserve_loads_the_mar_and_scales(chart) -> None:
     assert spec["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/ping"
 
 
+def test_enabling_torchserve_alone_renders_with_default_requests(chart) -> None:
+    docs = render(chart, TORCHSERVE_ONLY)
+    spec = find(docs, "Deployment", "thorax-torchserve")["spec"]["template"]["spec"]
+    assert spec["containers"][0]["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}
+    hpa = find(docs, "HorizontalPodAutoscaler", "thorax-torchserve")["spec"]
+    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    assert environment(docs, gateway(docs))["THORAX_BACKEND"] == "torchserve"
+    # an operator's own CPU request replaces the default and keeps the default memory request
+    tuned = render(chart, {"torchserve": {"enabled": True, "resources": {"requests": {"cpu": "4"}}}})
+    spec = find(tuned, "Deployment", "thorax-torchserve")["spec"]["template"]["spec"]
+    assert spec["containers"][0]["resources"]["requests"] == {"cpu": "4", "memory": "1Gi"}
+
+
 def test_metrics_scraping(chart) -> None:
     pod = find(render(chart, {}), "Deployment", RELEASE)["spec"]["template"]
     annotations = pod["metadata"]["annotations"]
@@ -412,7 +429,8 @@ def test_schema_rejects_wrong_values(chart, values: dict, where: str) -> None:
         ({"secret": {"s3AccessKey": "only-one"}}, "go together"),
         ({"s3": {"inCluster": {"enabled": True}}}, "needs credentials"),
         # a utilization target without a request never scales
-        ({"torchserve": {"enabled": True}}, "set torchserve.resources.requests.cpu"),
+        ({"torchserve": {"enabled": True, "resources": {"requests": {"cpu": None}}}},
+         "set torchserve.resources.requests.cpu"),
         ({"autoscaling": {"enabled": True}}, "set resources.requests.cpu"),
     ],
 )
