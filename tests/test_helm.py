@@ -429,8 +429,10 @@ def test_schema_rejects_wrong_values(chart, values: dict, where: str) -> None:
         ({"secret": {"s3AccessKey": "only-one"}}, "go together"),
         ({"s3": {"inCluster": {"enabled": True}}}, "needs credentials"),
         # a utilization target without a request never scales
-        ({"torchserve": {"enabled": True, "resources": {"requests": {"cpu": None}}}},
-         "set torchserve.resources.requests.cpu"),
+        (
+            {"torchserve": {"enabled": True, "resources": {"requests": {"cpu": None}}}},
+            "set torchserve.resources.requests.cpu",
+        ),
         ({"autoscaling": {"enabled": True}}, "set resources.requests.cpu"),
     ],
 )
