@@ -14,6 +14,7 @@ import json
 import logging
 import queue
 import random
+import re
 import threading
 import time
 import uuid
@@ -36,6 +37,7 @@ from thorax.store import StoreError
 
 log = logging.getLogger("thorax.gateway")
 SPEC, MANIFEST, CANCELLED = "job.json", "manifest.json", "cancelled.json"
+_JOB_ID = re.compile(r"[0-9a-fA-F]{32}")  # uuid4().hex, the job ids
 _PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._=-")
 MAX_PREFIX_SEGMENT = 100  # characters per folder name in `prefix` (file systems allow 255 bytes)
 STARTUP_SCAN_WAIT_S = 10.0  # how long a request for an unknown job waits for the start-up scan of storage
@@ -52,6 +54,8 @@ def clean_prefix(prefix: str) -> str:
     for part in prefix.split("/"):
         if part in ("", ".", "..") or not set(part) <= _PREFIX_CHARS:
             raise FieldProblem("prefix", f"segment {part!r} not allowed: use letters, digits and . _ = -")
+        if _JOB_ID.fullmatch(part):  # every job's folder ends in its id: no job's folder inside another's
+            raise FieldProblem("prefix", f"segment {part!r} looks like a job id, which names a job's folder")
         if len(part) > MAX_PREFIX_SEGMENT:  # a folder name every file system and S3 server takes
             raise FieldProblem("prefix", f"a segment is {len(part)} characters; at most {MAX_PREFIX_SEGMENT}")
     return prefix
@@ -222,6 +226,9 @@ class JobManager:
         base = "/".join(p for p in (s.storage_prefix.strip("/"), prefix, spec.job_id) if p)
         job = Job(spec, base)
         with self.lock:
+            for other in self.jobs.values():  # the id rule above makes this impossible; keep it so
+                if base.startswith(other.base + "/"):
+                    raise FieldProblem("prefix", f"lies inside the folder of job {other.id}")
             active = sum(1 for j in self.jobs.values() if j.state in ("queued", "running"))
             if active >= s.max_active_jobs:
                 raise LimitProblem(f"{active} jobs are queued or running; the limit is {s.max_active_jobs}")
@@ -405,7 +412,9 @@ class JobManager:
     def _find_committed(self, job: Job) -> None:
         """Shards already in storage (from this run or an earlier gateway) count as committed."""
         self._check(job)
-        names = {key.rpartition("/")[2] for key in self.storage.list(job.base + "/")}
+        # The job's own objects only: a folder below it (another job's, from before nesting was refused)
+        # holds shards of the same names that are not this job's.
+        names = {key.rpartition("/")[2] for key in self.storage.list_folder(job.base + "/")}
         plan = None
         for index in range(job.spec.shards_total):
             name = shard_name(index)

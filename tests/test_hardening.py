@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -155,3 +156,80 @@ def test_a_job_storage_refuses_to_record_is_a_503_and_leaves_no_job(tmp_path: Pa
             assert "could not record the job" in response.json()["detail"]
         assert client.get("/v1/jobs").json()["jobs"] == []
         assert submit_and_wait(client, {"count": 1})["state"] == "succeeded"  # nothing counts as active
+
+
+# ---- defect 2: no job's folder inside another's; a job lists only its own objects ----------------------
+
+
+def test_a_prefix_cannot_put_a_job_inside_another_jobs_folder(tmp_path: Path) -> None:
+    """Defect 2: `prefix` = `victim/<A's id>/shard-000002.tar` made a folder where A's shard goes, and A
+    failed with `Is a directory`; `victim/<A's id>` put a job's shards among A's."""
+    with TestClient(create_app(gateway_settings(tmp_path / "data", batch_size=1))) as client:
+        victim = client.post("/generate", json={"count": 600, "shard_size": 100, "prefix": "victim"}).json()
+        for prefix in (f"victim/{victim['id']}/shard-000002.tar", f"victim/{victim['id']}", victim["id"]):
+            response = client.post("/generate", json={"count": 1, "shard_size": 1, "prefix": prefix})
+            assert response.status_code == 422, (prefix, response.text)
+            assert response.json()["errors"][0]["field"] == "prefix"
+        status = wait_for_job(lambda: client.get(victim["url"]).json(), 120)
+    assert status["state"] == "succeeded" and status["images_done"] == 600, status
+    assert sorted(p.name for p in Path(status["location"]).iterdir()) == [
+        "job.json", "manifest.json", *(f"shard-{i:06d}.tar" for i in range(6))
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory):
+    from tests.servers import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+        yield endpoint
+
+
+def storage_settings(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    if kind == "local":
+        return gateway_settings(tmp_path / "data")
+    from minio import Minio
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    bucket = "hardening-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:12]
+    Minio(endpoint=endpoint, access_key="any", secret_key="anything", secure=False).make_bucket(
+        bucket_name=bucket
+    )  # before the gateway starts: a submit may come before its start-up check of storage
+    return gateway_settings(
+        tmp_path, s3_endpoint=endpoint, s3_bucket=bucket, s3_access_key="any", s3_secret_key="anything"
+    )
+
+
+def remove_object(settings: Settings, key: str) -> None:
+    if not settings.s3_endpoint:
+        (settings.storage_dir / key).unlink()
+        return
+    from minio import Minio
+
+    client = Minio(endpoint=settings.s3_endpoint, access_key="any", secret_key="anything", secure=False)
+    client.remove_object(bucket_name=settings.s3_bucket, object_name=key)
+
+
+@pytest.mark.parametrize("kind", ["local", pytest.param("s3", marks=pytest.mark.slow)])
+def test_a_resumed_job_ignores_shards_in_folders_below_its_own(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Defect 2: a job found its committed shards with a recursive listing, so the shards of a job
+    nested in its folder counted as its own, and every resume failed (`NoSuchKey` in S3)."""
+    from service.storage import open_storage
+
+    settings = storage_settings(kind, tmp_path, request)
+    body = {"count": 6, "shard_size": 2, "seed": 3, "prefix": "victim"}
+    with TestClient(create_app(settings)) as client:
+        first = submit_and_wait(client, body)
+    storage = open_storage(settings)
+    base = first["location"].removeprefix(storage.location + "/").rstrip("/")
+    shards = {i: storage.get_bytes(f"{base}/shard-{i:06d}.tar") for i in range(3)}
+    for i in range(3):  # a folder below the job's holding shards of the same names
+        storage.put_bytes(f"{base}/{'0' * 31}1/shard-{i:06d}.tar", b"not the victim's shard")
+    for name in ("manifest.json", "shard-000001.tar", "shard-000002.tar"):  # as if killed after shard 0
+        remove_object(settings, f"{base}/{name}")
+    with TestClient(create_app(settings)) as client:  # the start-up scan resumes it
+        status = wait_for_job(lambda: client.get(first["url"]).json(), 120)
+    assert status["state"] == "succeeded" and status["images_done"] == 6, status
+    assert {i: storage.get_bytes(f"{base}/shard-{i:06d}.tar") for i in range(3)} == shards

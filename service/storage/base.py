@@ -29,6 +29,9 @@ class Storage(Protocol):
     def list(self, prefix: str) -> list[str]:
         """Every key under a prefix, recursively, sorted."""
 
+    def list_folder(self, folder: str) -> list[str]:
+        """The keys directly in a folder (`a/b/` lists `a/b/x`, not `a/b/c/y`), sorted."""
+
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         """A URL that reads the object without credentials until it expires, or None when this storage
         has none (the gateway then serves the bytes itself)."""

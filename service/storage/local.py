@@ -74,5 +74,15 @@ class LocalStorage:
                 keys.append(path.relative_to(self.root).as_posix())
         return sorted(keys)
 
+    def list_folder(self, folder: str) -> list[str]:
+        base = self._path(folder) if folder.strip("/") else self.root
+        try:
+            if not base.is_dir():
+                return []
+            names = [p.name for p in base.iterdir() if p.is_file() and not p.name.startswith(_TEMP)]
+        except OSError as exc:
+            raise StorageError(f"listing {folder}: {exc}") from exc
+        return sorted((base / name).relative_to(self.root).as_posix() for name in names)
+
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         return None  # a folder has no URLs of its own: the gateway's shard route serves it

@@ -148,6 +148,16 @@ class S3Storage:
         )
         return sorted(o.object_name for o in objects if not o.is_dir)
 
+    def list_folder(self, folder: str) -> list[str]:
+        folder = folder.rstrip("/") + "/" if folder.strip("/") else ""
+        objects = self._call(
+            f"listing {folder or '/'}",
+            lambda: list(  # with the delimiter: deeper keys come back as folders, skipped here
+                self.client.list_objects(bucket_name=self.bucket, prefix=folder or None, recursive=False)
+            ),
+        )
+        return sorted(o.object_name for o in objects if not o.is_dir)
+
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         # Signed for THORAX_S3_PUBLIC_ENDPOINT when set, else for the gateway's own S3 address.
         return self._call(
