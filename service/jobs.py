@@ -145,7 +145,7 @@ class JobManager:
         delay = 0.5
         while not self.stopping.is_set():
             try:
-                self.storage.check()
+                self.storage.prepare()
                 self._load_jobs()
                 self.scanned.set()
                 return
@@ -469,6 +469,12 @@ class JobManager:
     def _write_manifest(self, job: Job) -> None:
         self._check(job)
         shards = [job.committed[i] for i in range(job.spec.shards_total)]
+        for index, entry in enumerate(shards):  # the manifest claims no shard that is not there
+            found = self.storage.size(job.key(entry.name))
+            if found != entry.bytes:
+                del job.committed[index]  # the retry makes it again
+                what = "missing" if found is None else f"{found} bytes, not {entry.bytes}"
+                raise StorageError(f"{entry.name} is {what} in storage; writing it again")
         totals = {name: sum(s.label_counts.get(name, 0) for s in shards) for name in job.spec.label_names}
         manifest = Manifest(
             job_id=job.id,

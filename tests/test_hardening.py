@@ -233,3 +233,50 @@ def test_a_resumed_job_ignores_shards_in_folders_below_its_own(
         status = wait_for_job(lambda: client.get(first["url"]).json(), 120)
     assert status["state"] == "succeeded" and status["images_done"] == 6, status
     assert {i: storage.get_bytes(f"{base}/shard-{i:06d}.tar") for i in range(3)} == shards
+
+
+# ---- defect 5: the manifest claims only shards that are there; /readyz creates no bucket --------------
+
+
+def test_a_shard_gone_before_the_manifest_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 5: shards deleted mid-job were still listed in the manifest of a `succeeded` job. Here a
+    shard disappears just before the manifest is written: the job makes it again, then succeeds."""
+    from service.jobs import JobManager
+
+    write_manifest, removed = JobManager._write_manifest, []
+
+    def remove_a_shard_first(self, job):
+        if not removed:
+            removed.append(job.key("shard-000001.tar"))
+            (self.settings.storage_dir / removed[0]).unlink()
+        return write_manifest(self, job)
+
+    monkeypatch.setattr(JobManager, "_write_manifest", remove_a_shard_first)
+    with TestClient(create_app(gateway_settings(tmp_path / "data"))) as client:
+        status = submit_and_wait(client, {"count": 9, "shard_size": 3, "seed": 4})
+        manifest = client.get(f"/v1/jobs/{status['id']}/manifest").json()
+    assert removed and status["state"] == "succeeded", status
+    folder = Path(status["location"])
+    assert manifest["images"] == 9 and len(manifest["shards"]) == 3
+    for shard in manifest["shards"]:
+        data = (folder / shard["name"]).read_bytes()
+        assert len(data) == shard["bytes"] and hashlib.sha256(data).hexdigest() == shard["sha256"]
+    assert len(samples([(folder / s["name"]).read_bytes() for s in manifest["shards"]])) == 9
+
+
+@pytest.mark.slow
+def test_readyz_never_creates_the_bucket(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Defect 5: the unauthenticated /readyz re-created a deleted bucket, and a job then wrote into it."""
+    from minio import Minio
+
+    settings = storage_settings("s3", tmp_path, request)
+    s3 = Minio(endpoint=settings.s3_endpoint, access_key="any", secret_key="anything", secure=False)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        s3.remove_bucket(bucket_name=settings.s3_bucket)
+        for _ in range(3):
+            response = client.get("/readyz")
+            assert response.status_code == 503 and "does not exist" in response.json()["detail"]
+        assert not s3.bucket_exists(bucket_name=settings.s3_bucket)

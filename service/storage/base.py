@@ -14,7 +14,14 @@ class Storage(Protocol):
     location: str  # for people: a folder or s3://bucket
 
     def check(self) -> None:
-        """Raise StorageError unless storage answers (and the bucket exists)."""
+        """Raise StorageError unless storage answers and its bucket or folder exists; creates nothing
+        (the readiness probe calls it)."""
+
+    def prepare(self) -> None:
+        """Create the bucket or folder when it is missing (once, at start-up), then check."""
+
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes, or None when there is none."""
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
 

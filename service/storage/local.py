@@ -25,12 +25,28 @@ class LocalStorage:
         return path
 
     def check(self) -> None:
+        folder = self.root  # not there yet: usable when the folder it goes in is (the first write makes it)
+        while not folder.exists() and folder.parent != folder:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise StorageError(f"{folder} is not a folder")
+        if not os.access(folder, os.W_OK):
+            raise StorageError(f"{folder} is not writable")
+
+    def prepare(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.root, os.W_OK):
-                raise StorageError(f"{self.root} is not writable")
         except OSError as exc:
             raise StorageError(f"{self.root}: {exc}") from exc
+        self.check()
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"reading {key}: {exc}") from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.put_stream(key, [data])

@@ -76,7 +76,6 @@ class S3Storage:
         self.bucket = settings.s3_bucket
         self.part_size = settings.s3_part_size
         self.location = f"s3://{self.bucket}"
-        self._bucket_checked = False
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
@@ -88,8 +87,21 @@ class S3Storage:
 
     def check(self) -> None:
         if not self._call("checking the bucket", self.client.bucket_exists, bucket_name=self.bucket):
+            raise StorageError(f"bucket {self.bucket} does not exist")
+
+    def prepare(self) -> None:
+        if not self._call("checking the bucket", self.client.bucket_exists, bucket_name=self.bucket):
             self._call("creating the bucket", self.client.make_bucket, bucket_name=self.bucket)
-        self._bucket_checked = True
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self.client.stat_object(bucket_name=self.bucket, object_name=key).size
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return None
+            raise StorageError(f"reading {key}: {exc.code}: {exc.message}") from exc
+        except _TRANSIENT as exc:
+            raise StorageError(f"reading {key}: {type(exc).__name__}: {exc}") from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._call(
