@@ -120,7 +120,9 @@ class JobManager:
         self.queue: queue.Queue[Job] = queue.Queue()
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.scanned = threading.Event()
+        self.scanned = threading.Event()  # the start-up scan has read every job in storage
+        self.scan_tried = threading.Event()  # it has tried at least once
+        self.scan_failure: str | None = None  # why its last try failed
 
     # ---- life cycle -------------------------------------------------------------------------------
 
@@ -147,13 +149,33 @@ class JobManager:
             try:
                 self.storage.prepare()
                 self._load_jobs()
+                self.scan_failure = None
                 self.scanned.set()
                 return
-            except StorageError as exc:
-                log.warning("storage not reachable for the job scan (%s); retrying in %.1fs", exc, delay)
+            except Exception as exc:  # storage away, or a bug: retried, and never the end of the scan
+                if isinstance(exc, StorageError):
+                    log.warning("storage not reachable for the job scan (%s); retrying in %.1fs", exc, delay)
+                    self.scan_failure = str(exc)
+                else:
+                    log.exception("the job scan failed; retrying in %.1fs", delay)
+                    self.scan_failure = f"{type(exc).__name__}: {exc}"
                 self.metrics.errors.labels("storage").inc()
+                self.scan_tried.set()  # before the back-off: requests need not wait it out
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
+            finally:
+                self.scan_tried.set()
+
+    def _wait_for_scan(self) -> None:
+        """Return once the jobs of earlier gateways are read from storage, or answer 503: at once when
+        the scan has already found storage unreachable, else after STARTUP_SCAN_WAIT_S."""
+        self.scan_tried.wait(STARTUP_SCAN_WAIT_S)
+        if self.scanned.is_set():
+            return
+        failure = self.scan_failure
+        if failure is not None:
+            raise ApiProblem(503, "Storage unavailable", f"the jobs in storage cannot be read: {failure}")
+        raise ApiProblem(503, "Service Unavailable", "the gateway is still reading its jobs from storage")
 
     def _load_jobs(self) -> None:
         root = self.settings.storage_prefix.strip("/")
@@ -176,7 +198,17 @@ class JobManager:
                 job = Job(spec, folder)
                 self.jobs[spec.job_id] = job
             if MANIFEST in names:
-                manifest = Manifest.model_validate_json(self.storage.get_bytes(f"{folder}/{MANIFEST}") or b"")
+                try:
+                    data = self.storage.get_bytes(f"{folder}/{MANIFEST}") or b""
+                    manifest = Manifest.model_validate_json(data)
+                except ValueError as exc:  # one broken job must not stop the scan of the others
+                    log.warning("job %s: unreadable %s (%s)", job.id, MANIFEST, exc)
+                    job.state = "failed"
+                    job.error = (
+                        f"its {MANIFEST} in storage is unreadable ({type(exc).__name__}); POST "
+                        f"{job.id}/resume checks its shards and writes the manifest again"
+                    )
+                    continue
                 job.committed = {i: s for i, s in enumerate(manifest.shards)}
                 job.state = "succeeded"
             elif CANCELLED in names:
@@ -257,10 +289,7 @@ class JobManager:
         if job is None and not self.scanned.is_set():
             # Just after a start the jobs of earlier gateways are still being read from storage: answer
             # once they are, not with a 404 for a job that exists.
-            if not self.scanned.wait(STARTUP_SCAN_WAIT_S):
-                raise ApiProblem(
-                    503, "Service Unavailable", "the gateway is still reading its jobs from storage"
-                )
+            self._wait_for_scan()
             with self.lock:
                 job = self.jobs.get(job_id)
         if job is None:
@@ -268,7 +297,7 @@ class JobManager:
         return job
 
     def list(self) -> list[Job]:
-        self.scanned.wait(STARTUP_SCAN_WAIT_S)  # a list without the earlier gateways' jobs would mislead
+        self._wait_for_scan()  # a list without the earlier gateways' jobs would mislead
         with self.lock:
             return sorted(self.jobs.values(), key=lambda j: j.spec.created, reverse=True)
 

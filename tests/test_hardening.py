@@ -280,3 +280,43 @@ def test_readyz_never_creates_the_bucket(tmp_path: Path, request: pytest.Fixture
             response = client.get("/readyz")
             assert response.status_code == 503 and "does not exist" in response.json()["detail"]
         assert not s3.bucket_exists(bucket_name=settings.s3_bucket)
+
+
+# ---- defect 8: one broken job does not stop the start-up scan -----------------------------------------
+
+
+def test_a_corrupt_manifest_fails_its_job_and_the_scan_goes_on(tmp_path: Path) -> None:
+    """Defect 8: one truncated manifest.json stopped the start-up scan: every lookup answered 503 and
+    the unfinished job never resumed."""
+    data = tmp_path / "data"
+    body = {"count": 4, "shard_size": 2, "seed": 6}
+    with TestClient(create_app(gateway_settings(data))) as client:
+        broken, unfinished = submit_and_wait(client, body), submit_and_wait(client, body)
+    broken_manifest = Path(broken["location"]) / "manifest.json"
+    broken_manifest.write_bytes(broken_manifest.read_bytes()[:40])  # truncated
+    (Path(unfinished["location"]) / "manifest.json").unlink()
+    with TestClient(create_app(gateway_settings(data))) as client:
+        status = client.get(broken["url"])
+        assert status.status_code == 200, status.text
+        assert status.json()["state"] == "failed" and "manifest.json" in status.json()["error"]
+        assert wait_for_job(lambda: client.get(unfinished["url"]).json())["state"] == "succeeded"
+        assert len(client.get("/v1/jobs").json()["jobs"]) == 2
+        resumed = client.post(f"/v1/jobs/{broken['id']}/resume")  # checks the shards, writes it again
+        assert resumed.status_code == 202, resumed.text
+        assert wait_for_job(lambda: client.get(broken["url"]).json())["state"] == "succeeded"
+        assert client.get(f"/v1/jobs/{broken['id']}/manifest").json()["images"] == 4
+
+
+# ---- defect 10: listing jobs with storage unreachable -------------------------------------------------
+
+
+def test_listing_jobs_with_storage_unreachable_is_a_503(tmp_path: Path) -> None:
+    """Defect 10: GET /v1/jobs waited 10 s for the start-up scan, then answered an empty 200."""
+    (tmp_path / "a-file").write_text("storage cannot live under a file")
+    with TestClient(create_app(gateway_settings(tmp_path / "a-file" / "data"))) as client:
+        for path in ("/v1/jobs", f"/v1/jobs/{'0' * 32}"):
+            response = client.get(path)
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert "cannot be read" in response.json()["detail"]
+        assert client.get("/readyz").status_code == 503
