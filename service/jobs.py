@@ -10,6 +10,7 @@ Inside a job three stages overlap (inference, encoding, upload): see `service.pi
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -354,7 +355,23 @@ class JobManager:
         entry = job.committed.get(shard_index)
         if entry is None:
             raise ApiProblem(404, "Not found", f"job {job_id} has no committed shard {shard_index}")
-        return entry, self.storage.iter_bytes(job.key(entry.name))
+        # Everything that can fail, before any header is sent: once the answer has started, a missing
+        # object could only show as a short body under a 200.
+        key = job.key(entry.name)
+        try:
+            found = self.storage.size(key)
+            if found is None:
+                raise ApiProblem(404, "Not found", f"shard {entry.name} of job {job_id} is gone from storage")
+            if found != entry.bytes:
+                raise ApiProblem(
+                    409, "Conflict", f"shard {entry.name} of job {job_id} is {found} bytes, not {entry.bytes}"
+                )
+            chunks = self.storage.iter_bytes(key)
+            first = next(chunks, b"")
+        except (StorageError, OSError) as exc:
+            self.metrics.errors.labels("storage").inc()
+            raise ApiProblem(503, "Storage unavailable", f"could not read {entry.name}: {exc}") from exc
+        return entry, itertools.chain([first], chunks)
 
     def shard_url(self, job_id: str, entry: ShardEntry) -> str | None:
         """A presigned URL of a shard where storage has them, else None."""

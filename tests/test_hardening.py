@@ -320,3 +320,25 @@ def test_listing_jobs_with_storage_unreachable_is_a_503(tmp_path: Path) -> None:
             assert response.headers["content-type"] == "application/problem+json"
             assert "cannot be read" in response.json()["detail"]
         assert client.get("/readyz").status_code == 503
+
+
+# ---- defect 9: a missing shard is a problem before any header ----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["local", pytest.param("s3", marks=pytest.mark.slow)])
+def test_a_shard_missing_from_storage_is_a_404_not_an_empty_200(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Defect 9: a committed shard whose object was gone streamed as 200 with a content-length, then 0
+    bytes."""
+    settings = storage_settings(kind, tmp_path, request)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        status = submit_and_wait(client, {"count": 4, "shard_size": 2, "seed": 1, "prefix": "gone"})
+        assert status["state"] == "succeeded", status
+        kept = client.get(f"/v1/jobs/{status['id']}/shards/0")
+        assert kept.status_code == 200 and len(kept.content) == int(kept.headers["content-length"])
+        remove_object(settings, f"gone/{status['id']}/shard-000001.tar")
+        response = client.get(f"/v1/jobs/{status['id']}/shards/1")
+    assert response.status_code == 404, (response.status_code, response.headers, response.content[:200])
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "gone from storage" in response.json()["detail"]
