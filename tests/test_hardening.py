@@ -342,3 +342,21 @@ def test_a_shard_missing_from_storage_is_a_404_not_an_empty_200(
     assert response.status_code == 404, (response.status_code, response.headers, response.content[:200])
     assert response.headers["content-type"] == "application/problem+json"
     assert "gone from storage" in response.json()["detail"]
+
+
+# ---- defect 11: local storage cleans what killed writes left ------------------------------------------
+
+
+def test_partial_files_of_killed_writes_are_removed_at_start_up(tmp_path: Path) -> None:
+    """Defect 11: every kill left `.partial-*` files in the local storage folder, for good."""
+    data = tmp_path / "data"
+    with TestClient(create_app(gateway_settings(data))) as client:
+        status = submit_and_wait(client, {"count": 2, "seed": 1})
+    folder = Path(status["location"])
+    leftovers = [folder / ".partial-0123abcd-shard-000001.tar", data / ".partial-4567cdef-job.json"]
+    for path in leftovers:
+        path.write_bytes(b"half a write")
+    with TestClient(create_app(gateway_settings(data))) as client:
+        assert client.get("/v1/jobs").status_code == 200  # the start-up scan has run
+    assert not any(path.exists() for path in leftovers)
+    assert sorted(p.name for p in folder.iterdir()) == ["job.json", "manifest.json", "shard-000000.tar"]

@@ -34,8 +34,13 @@ class LocalStorage:
             raise StorageError(f"{folder} is not writable")
 
     def prepare(self) -> None:
+        """Create the folder, and remove the temporary files of writes that a killed process left (one
+        gateway or `thorax generate` per folder: another's writes in progress would go too)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            for leftover in self.root.rglob(f"{_TEMP}*"):
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"{self.root}: {exc}") from exc
         self.check()
