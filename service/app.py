@@ -16,6 +16,7 @@ from service.catalog import Catalog
 from service.jobs import JobManager
 from service.metrics import Metrics
 from service.middleware import RequestContext
+from service.probes import StorageProbe
 from service.routes import health, jobs, models
 from service.settings import Settings
 from service.storage import open_storage
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     storage = open_storage(settings)
     metrics = Metrics()
     manager = JobManager(settings, storage, catalog, metrics)
+    probe = StorageProbe(storage)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             manager.stop()
+            probe.close()
             catalog.close()
 
     app = FastAPI(
@@ -47,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings, app.state.catalog, app.state.storage = settings, catalog, storage
-    app.state.metrics, app.state.jobs = metrics, manager
+    app.state.metrics, app.state.jobs, app.state.storage_probe = metrics, manager, probe
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)

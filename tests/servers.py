@@ -168,9 +168,10 @@ def seaweedfs(workdir: Path, ports: dict[str, int] | None = None, start_timeout:
 
 
 @contextmanager
-def gateway(env: dict[str, str], workdir: Path, start_timeout: float = 90.0):
+def gateway(env: dict[str, str], workdir: Path, start_timeout: float = 90.0, ready: str = "/readyz"):
     """`thorax serve` in a subprocess on a free loopback port with the given THORAX_ settings; yields
-    (base URL, process). The caller may SIGKILL it; it is stopped in any case."""
+    (base URL, process) once `ready` answers 200 (`/healthz` for a gateway whose storage is away). The
+    caller may SIGKILL it; it is stopped in any case."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"gateway-{port}.out"
@@ -188,7 +189,7 @@ def gateway(env: dict[str, str], workdir: Path, start_timeout: float = 90.0):
             if proc.poll() is not None:
                 raise RuntimeError(f"the gateway exited: {log_path.read_text()[-3000:]}")
             try:
-                if _get(f"{url}/readyz")[0] == 200:
+                if _get(f"{url}{ready}")[0] == 200:
                     break
             except OSError:
                 pass

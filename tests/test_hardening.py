@@ -360,3 +360,34 @@ def test_partial_files_of_killed_writes_are_removed_at_start_up(tmp_path: Path) 
         assert client.get("/v1/jobs").status_code == 200  # the start-up scan has run
     assert not any(path.exists() for path in leftovers)
     assert sorted(p.name for p in folder.iterdir()) == ["job.json", "manifest.json", "shard-000000.tar"]
+
+
+# ---- defect 6: readiness probes cannot starve the gateway ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_probes_during_a_storage_stall_leave_healthz_answering(tiny_store: Path, tmp_path: Path) -> None:
+    """Defect 6: /readyz waited on S3 in a request thread (60 s x 3 tries); 45 of them during a storage
+    stall filled the pool and /healthz timed out. Here "S3" is a socket that takes connections and never
+    answers."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.servers import gateway
+
+    with socket.socket() as stalled:
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(256)
+        endpoint = f"127.0.0.1:{stalled.getsockname()[1]}"
+        env = {"THORAX_MODEL_STORE": str(tiny_store), "THORAX_S3_ENDPOINT": endpoint,
+               "THORAX_S3_ACCESS_KEY": "any", "THORAX_S3_SECRET_KEY": "anything"}  # fmt: skip
+        with gateway(env, tmp_path, ready="/healthz") as (url, _), ThreadPoolExecutor(45) as pool:
+            probes = [pool.submit(httpx.get, f"{url}/readyz", timeout=60) for _ in range(45)]
+            for _ in range(5):  # a generous bound: it answers at once, from the event loop
+                assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+            answers = [probe.result() for probe in probes]
+    assert {answer.status_code for answer in answers} == {503}
+    assert all(a.headers["content-type"] == "application/problem+json" for a in answers)
+    assert all("storage" in answer.json()["detail"] for answer in answers)

@@ -73,6 +73,18 @@ class S3Storage:
                 secure=settings.s3_secure if settings.s3_public_secure is None else settings.s3_public_secure,
                 region=settings.s3_region or "us-east-1",
             )
+        # The readiness probe's own client: a stalled server costs it seconds, not minutes of retries.
+        probe_http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=2.0, read=2.0), retries=urllib3.Retry(total=0), maxsize=1
+        )
+        self.probe_client = Minio(
+            endpoint=settings.s3_endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            http_client=probe_http,
+        )
         self.bucket = settings.s3_bucket
         self.part_size = settings.s3_part_size
         self.location = f"s3://{self.bucket}"
@@ -86,7 +98,7 @@ class S3Storage:
             raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     def check(self) -> None:
-        if not self._call("checking the bucket", self.client.bucket_exists, bucket_name=self.bucket):
+        if not self._call("checking the bucket", self.probe_client.bucket_exists, bucket_name=self.bucket):
             raise StorageError(f"bucket {self.bucket} does not exist")
 
     def prepare(self) -> None:
