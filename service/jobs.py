@@ -64,8 +64,12 @@ def clean_prefix(prefix: str) -> str:
 
 @dataclass
 class Job:
-    spec: JobSpec
+    """A job as the gateway keeps it in memory: its spec without per-image label rows (those stay in
+    `job.json` and are read only while the job runs), its state and its committed shards."""
+
+    spec: JobSpec  # label_rows left out; `has_rows` says whether job.json has them
     base: str  # storage key prefix of the job's folder
+    has_rows: bool = False
     state: str = "queued"
     error: str | None = None
     committed: dict[int, ShardEntry] = field(default_factory=dict)
@@ -196,7 +200,7 @@ class JobManager:
             with self.lock:
                 if spec.job_id in self.jobs:
                     continue
-                job = Job(spec, folder)
+                job = _job_of(spec, folder)
                 self.jobs[spec.job_id] = job
             if MANIFEST in names:
                 try:
@@ -256,8 +260,17 @@ class JobManager:
             created=datetime.now(UTC),
             **resolved_labels,
         )
+        recorded = _spec_json(spec)
+        if spec.label_rows is not None and len(recorded) > s.max_request_bytes:
+            # Bounded as stored, not as sent: rows of "0," grow to "0.0," in the spec.
+            detail = (
+                f"labels: {len(spec.label_rows)} label rows make a {len(recorded)}-byte job spec; at most "
+                f"{s.max_request_bytes} bytes (THORAX_MAX_REQUEST_BYTES)"
+            )
+            errors = [{"field": "labels", "message": detail}]
+            raise ApiProblem(413, "Request too large", detail, "request-too-large", errors)
         base = "/".join(p for p in (s.storage_prefix.strip("/"), prefix, spec.job_id) if p)
-        job = Job(spec, base)
+        job = _job_of(spec, base)
         with self.lock:
             for other in self.jobs.values():  # the id rule above makes this impossible; keep it so
                 if base.startswith(other.base + "/"):
@@ -267,7 +280,7 @@ class JobManager:
                 raise LimitProblem(f"{active} jobs are queued or running; the limit is {s.max_active_jobs}")
             self.jobs[spec.job_id] = job
         try:  # a job that could not be recorded leaves no trace: not listed, not counted as active
-            self.storage.put_bytes(job.key(SPEC), spec.model_dump_json(indent=1).encode())
+            self.storage.put_bytes(job.key(SPEC), recorded)
         except BaseException as exc:
             with self.lock:
                 del self.jobs[spec.job_id]
@@ -412,9 +425,10 @@ class JobManager:
         while True:
             job.run_started, job.images_at_start, job.images_encoded = time.monotonic(), job.images_done, 0
             try:
-                self._find_committed(job)
-                self._produce(job, model)
-                self._write_manifest(job)
+                spec = self._whole_spec(job)  # its label rows, for this run only
+                self._find_committed(job, spec)
+                self._produce(job, spec, model)
+                self._write_manifest(job, spec)
                 job.state = "succeeded"
                 log.info("job %s succeeded: %d images", job.id, job.images_done)
                 return
@@ -455,7 +469,16 @@ class JobManager:
         if self.stopping.is_set():
             raise Interrupted()
 
-    def _find_committed(self, job: Job) -> None:
+    def _whole_spec(self, job: Job) -> JobSpec:
+        """The job's spec with its label rows, read from its job.json when it has any."""
+        if not job.has_rows:
+            return job.spec
+        data = self.storage.get_bytes(job.key(SPEC))
+        if data is None:
+            raise StorageError(f"{job.key(SPEC)} is missing")
+        return JobSpec.model_validate_json(data)
+
+    def _find_committed(self, job: Job, spec: JobSpec) -> None:
         """Shards already in storage (from this run or an earlier gateway) count as committed."""
         self._check(job)
         # The job's own objects only: a folder below it (another job's, from before nesting was refused)
@@ -465,7 +488,7 @@ class JobManager:
         for index in range(job.spec.shards_total):
             name = shard_name(index)
             if name in names and index not in job.committed:
-                plan = plan or label_rules.LabelPlan.of(job.spec, self.model_of(job).prior_patterns)
+                plan = plan or label_rules.LabelPlan.of(spec, self.model_of(job).prior_patterns)
                 digest = Digest()
                 for chunk in self.storage.iter_bytes(job.key(name)):
                     digest.add(chunk)
@@ -483,12 +506,12 @@ class JobManager:
     def model_of(self, job: Job) -> LoadedModel:
         return self.catalog.get(f"{job.spec.model_name}/{job.spec.model_version}")
 
-    def _produce(self, job: Job, model: LoadedModel) -> None:
+    def _produce(self, job: Job, spec: JobSpec, model: LoadedModel) -> None:
         pending = [i for i in range(job.spec.shards_total) if i not in job.committed]
         if not pending:
             return
         check = lambda: self._check(job)  # noqa: E731
-        with Pipeline(job, model, pending, self.settings.batch_size, self.metrics, check) as pipeline:
+        with Pipeline(job, spec, model, pending, self.settings.batch_size, self.metrics, check) as pipeline:
             for index in pending:
                 self._upload(job, pipeline.shard(index))
 
@@ -512,7 +535,7 @@ class JobManager:
         self.metrics.shards.inc()
         self.metrics.images.labels(f"{job.spec.model_name}/{job.spec.model_version}").inc(len(indices))
 
-    def _write_manifest(self, job: Job) -> None:
+    def _write_manifest(self, job: Job, spec: JobSpec) -> None:
         self._check(job)
         shards = [job.committed[i] for i in range(job.spec.shards_total)]
         for index, entry in enumerate(shards):  # the manifest claims no shard that is not there
@@ -529,7 +552,7 @@ class JobManager:
                 "version": job.spec.model_version,
                 "card_sha256": job.spec.model_card_sha256,
             },
-            spec=job.spec,
+            spec=spec,
             images=sum(s.images for s in shards),
             shards=shards,
             label_counts=totals,
@@ -537,6 +560,20 @@ class JobManager:
         stored = manifest.model_dump(mode="json", exclude={"shards": {"__all__": {"url"}}})
         data = json.dumps(stored, indent=1, sort_keys=True).encode()
         self.storage.put_bytes(job.key(MANIFEST), data)
+
+
+def _job_of(spec: JobSpec, base: str) -> Job:
+    """The in-memory record of a job: its spec without the label rows."""
+    if spec.label_rows is None:
+        return Job(spec, base)
+    return Job(spec.model_copy(update={"label_rows": None}), base, has_rows=True)
+
+
+def _spec_json(spec: JobSpec) -> bytes:
+    """job.json: indented for people, unless it holds label rows (one number a line would be 4x larger)."""
+    if spec.label_rows is None:
+        return spec.model_dump_json(indent=1).encode()
+    return spec.model_dump_json().encode()
 
 
 def _shard_names(spec: JobSpec) -> set[str]:

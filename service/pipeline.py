@@ -133,14 +133,14 @@ class Pipeline:
     """Inference and encoding of a job's pending shards in two threads; the caller, the job thread, reads
     each shard's bytes in order with `shard(i)`. Use as a context manager: leaving it stops the stages.
 
-    `job` needs `.spec` and `.images_encoded`; `check()` raises Cancelled or Interrupted when the job
-    should stop."""
+    `spec` is the job's whole spec (its label rows included); the encoder counts its images in
+    `job.images_encoded`; `check()` raises Cancelled or Interrupted when the job should stop."""
 
     def __init__(
-        self, job, model: LoadedModel, pending: list[int], batch_size: int, metrics: Metrics,
+        self, job, spec: JobSpec, model: LoadedModel, pending: list[int], batch_size: int, metrics: Metrics,
         check: Callable[[], None],
     ) -> None:  # fmt: skip
-        self.job, self.model, self.pending, self.batch_size = job, model, pending, batch_size
+        self.job, self.spec, self.model, self.pending, self.batch_size = job, spec, model, pending, batch_size
         self.metrics, self.check = metrics, check
         self.stop = threading.Event()
         self.batches: queue.Queue = queue.Queue(maxsize=2)
@@ -185,7 +185,7 @@ class Pipeline:
         _put(out, last, self.stop)
 
     def _infer(self, out: queue.Queue) -> object:
-        spec, model = self.job.spec, self.model
+        spec, model = self.spec, self.model
         plan = label_rules.LabelPlan.of(spec, model.prior_patterns)
         for shard_index in self.pending:
             indices = shard_indices(spec, shard_index)
@@ -202,7 +202,7 @@ class Pipeline:
         return END
 
     def _encode(self, out: queue.Queue) -> object:
-        spec, encoder = self.job.spec, SampleEncoder(self.job.spec)
+        spec, encoder = self.spec, SampleEncoder(self.spec)
         counts: dict[int, np.ndarray] = {}  # shard -> images per label with a value >= 0.5
         while True:
             item = _get(self.batches, self.stop)

@@ -247,11 +247,11 @@ def test_a_shard_gone_before_the_manifest_is_made_again(
 
     write_manifest, removed = JobManager._write_manifest, []
 
-    def remove_a_shard_first(self, job):
+    def remove_a_shard_first(self, job, *args):
         if not removed:
             removed.append(job.key("shard-000001.tar"))
             (self.settings.storage_dir / removed[0]).unlink()
-        return write_manifest(self, job)
+        return write_manifest(self, job, *args)
 
     monkeypatch.setattr(JobManager, "_write_manifest", remove_a_shard_first)
     with TestClient(create_app(gateway_settings(tmp_path / "data"))) as client:
@@ -391,3 +391,48 @@ def test_probes_during_a_storage_stall_leave_healthz_answering(tiny_store: Path,
     assert {answer.status_code for answer in answers} == {503}
     assert all(a.headers["content-type"] == "application/problem+json" for a in answers)
     assert all("storage" in answer.json()["detail"] for answer in answers)
+
+
+# ---- defect 7: per-image label rows stay in storage, bounded as stored -------------------------------
+
+
+def test_label_rows_stay_in_storage_and_the_job_still_uses_them(tmp_path: Path) -> None:
+    """Defect 7: every job stayed in memory with its per-image label rows (8 cancelled requests of 130,000
+    rows took the gateway from 132 MB to 1,146 MB). The gateway keeps the job without them; the run reads
+    them from job.json, and every image still gets its own row."""
+    import json
+
+    from thorax.labels import NIH_LABELS
+
+    names = sorted(NIH_LABELS)
+    rows = [{names[i % len(names)]: 1.0} for i in range(12)]
+    with TestClient(create_app(gateway_settings(tmp_path / "data"))) as client:
+        status = submit_and_wait(client, {"count": 12, "shard_size": 5, "seed": 3, "labels": rows})
+        kept = client.app.state.jobs.jobs[status["id"]]
+        manifest = client.get(f"/v1/jobs/{status['id']}/manifest").json()
+    assert status["state"] == "succeeded", status
+    assert kept.spec.label_rows is None  # in memory: the summary only
+    folder = Path(status["location"])
+    assert len(json.loads((folder / "job.json").read_bytes())["label_rows"]) == 12  # in storage: all
+    images = samples([p.read_bytes() for p in sorted(folder.glob("shard-*.tar"))])
+    for i, key in enumerate(sorted(images)):
+        labels = json.loads(images[key]["json"])["labels"]
+        assert {name for name, value in labels.items() if value == 1.0} == {names[i % len(names)]}
+    assert sum(manifest["label_counts"].values()) == 12
+
+
+def test_label_rows_are_bounded_by_their_stored_size(tmp_path: Path) -> None:
+    """Defect 7: MAX_REQUEST_BYTES bounded the request as sent (rows of `0,`), while the stored spec was
+    over four times larger. The bound now holds for the rows as recorded, and the refusal names the field."""
+    import json
+
+    limit, width = 64 * 1024, 14
+    count = limit // (2 * width + 2) - 100  # "[0,...,0]," per row: the body fits under the limit
+    body = json.dumps({"count": count, "labels": [[0] * width] * count}, separators=(",", ":"))
+    assert len(body) < limit
+    with TestClient(create_app(gateway_settings(tmp_path / "data", max_request_bytes=limit))) as client:
+        response = client.post("/generate", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 413, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["errors"][0]["field"] == "labels"
+        assert client.get("/v1/jobs").json()["jobs"] == []
