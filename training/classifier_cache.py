@@ -6,8 +6,9 @@ One entry per key: the data folder, a hash of its label table (so a grown data s
 cohort's patient prefixes, the resolution the images were loaded at, the classifier's input side,
 kind, epochs and seed, the split's fractions and hash seed, and the label names. The weights are a
 safetensors file named by a hash of the key; a JSON file beside it holds the key itself and what the
-training reported (best epoch, validation AUC, seconds). The folder is `$THORAX_CACHE_DIR`, else
-`~/.cache/thorax`; deleting it is always safe.
+training reported (best epoch, validation AUC, seconds), and results that depend on nothing but the
+classifier and its data (`save_extra`: the real images' spread of the collapse detector). The
+folder is `$THORAX_CACHE_DIR`, else `~/.cache/thorax`; deleting it is always safe.
 """
 
 from __future__ import annotations
@@ -75,3 +76,19 @@ def save_classifier(root: Path, key: dict, result: clf.TrainResult) -> Path:
     }
     atomic_write(weights.with_suffix(".json"), json.dumps(meta, indent=1).encode())
     return weights
+
+
+def load_extra(weights: Path, name: str) -> dict | None:
+    """A result computed with the cached classifier and stored beside it (`save_extra`), or None."""
+    try:
+        return json.loads(weights.with_suffix(".json").read_text()).get("extras", {}).get(name)
+    except (OSError, ValueError):
+        return None
+
+
+def save_extra(weights: Path, name: str, value: dict) -> None:
+    """Keep `value` (JSON) beside the cached classifier whose weights are `weights`, under `name`."""
+    meta_path = weights.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta.setdefault("extras", {})[name] = value
+    atomic_write(meta_path, json.dumps(meta, indent=1).encode())
