@@ -25,12 +25,14 @@ from thoraxclient import (
     ServerError,
     TransportError,
 )
+from thoraxclient.resize import resize
 from thoraxclient.schemas import ShardEntry
 from thoraxclient.shards import decode_png
 
 from service.app import create_app
 from service.settings import Settings
 from tests.gateway_helpers import sha256
+from tests.in_process import InProcessTransport
 
 
 def problem(status: int, title: str, detail: str, request_id: str = "rid-1") -> httpx.Response:
@@ -100,6 +102,37 @@ def test_the_png_reader_matches_pillow(kind: str) -> None:
         np.testing.assert_array_equal(decode_png(buf.getvalue()), image)
 
 
+@pytest.mark.parametrize("size", [16, 37, 100])
+def test_resizing_shrinks_by_the_area_average_and_enlarges_bilinearly(size: int) -> None:
+    image = np.random.default_rng(size).integers(0, 256, (64, 64), dtype=np.uint8)
+    resized = resize(image, size)
+    assert resized.shape == (size, size) and resized.dtype == np.uint8
+    if size == 16:  # a whole factor: exactly the mean of each 4 x 4 block
+        np.testing.assert_array_equal(resized, np.rint(image.reshape(16, 4, 16, 4).mean(axis=(1, 3))))
+    if size < 64:  # each pixel repeated `size` times: the area average is the mean of 64 x 64 blocks
+        fine = np.repeat(np.repeat(image, size, axis=0), size, axis=1).astype(np.float64)
+        expected = fine.reshape(size, 64, size, 64).mean(axis=(1, 3))
+    else:
+        expected = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    assert np.abs(resized - np.asarray(expected, np.float64)).max() <= 1
+    assert resize(image, 64) is image
+    assert (resize(np.full((30, 50), 77, np.uint8), size) == 77).all()  # stretched to a square
+
+
+def test_a_shard_download_streams_to_disk_and_a_bad_one_leaves_nothing(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 1000
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=data))
+    entry = ShardEntry(name="shard-000000.tar", sha256=sha256(data), bytes=len(data), images=1, first_index=0,
+                       label_counts={}, url="http://s3.example/bucket/shard")  # fmt: skip
+    received: list[int] = []
+    with Client("http://gw", transport=transport) as client:
+        client.download_shard(entry, tmp_path / "a" / entry.name, on_bytes=received.append)
+        with pytest.raises(IntegrityError):
+            client.download_shard(entry.model_copy(update={"sha256": "0" * 64}), tmp_path / "b" / entry.name)
+    assert (tmp_path / "a" / entry.name).read_bytes() == data and sum(received) == len(data)
+    assert list((tmp_path / "b").iterdir()) == []  # neither the shard nor a partial file
+
+
 # ---- against the gateway in-process ---------------------------------------------------------------
 
 
@@ -114,7 +147,7 @@ def gateway_app(tiny_store: Path, tmp_path: Path, monkeypatch):
 
 def test_generate_wait_manifest_and_samples_through_the_shard_route(gateway_app) -> None:
     app, test_client = gateway_app
-    with Client("http://testserver", api_key="sesame", transport=test_client._transport) as client:
+    with Client("http://testserver", api_key="sesame", transport=InProcessTransport(test_client)) as client:
         assert [m.ref for m in client.models()] == ["tiny/1"]
         card = client.model_card("tiny")
         job = client.generate(12, {"cardiomegaly": 1}, seed=3, shard_size=5)
@@ -135,20 +168,36 @@ def test_generate_wait_manifest_and_samples_through_the_shard_route(gateway_app)
     assert all("url" not in s for s in stored["shards"])  # the stored manifest stays as it was
 
 
+def test_committed_shards_come_in_order_as_the_job_commits_them(gateway_app) -> None:
+    app, test_client = gateway_app
+    with Client("http://testserver", api_key="sesame", transport=InProcessTransport(test_client)) as client:
+        job = client.generate(9, seed=4, shard_size=4)
+        entries = list(client.committed_shards(job, timeout=120))
+        manifest = client.manifest(job)
+    assert (
+        [e.name for e in entries]
+        == [e.name for e in manifest.shards]
+        == [f"shard-{i:06d}.tar" for i in range(3)]
+    )
+    assert [e.images for e in entries] == [4, 4, 1] and [e.sha256 for e in entries] == [
+        e.sha256 for e in manifest.shards
+    ]
+
+
 def test_the_shard_route_needs_the_key_and_a_committed_shard(gateway_app) -> None:
     app, test_client = gateway_app
-    with Client("http://testserver", api_key="sesame", transport=test_client._transport) as client:
+    with Client("http://testserver", api_key="sesame", transport=InProcessTransport(test_client)) as client:
         job = client.wait(client.generate(2, seed=1), progress=False, timeout=120)
         with pytest.raises(NotFoundError, match="no committed shard 5"):
             client._request("GET", f"/v1/jobs/{job.id}/shards/5")
-    with Client("http://testserver", transport=test_client._transport) as anonymous:
+    with Client("http://testserver", transport=InProcessTransport(test_client)) as anonymous:
         with pytest.raises(AuthenticationError):
             anonymous._request("GET", f"/v1/jobs/{job.id}/shards/0")
 
 
 def test_a_cancelled_job_is_a_job_error(gateway_app) -> None:
     app, test_client = gateway_app
-    with Client("http://testserver", api_key="sesame", transport=test_client._transport) as client:
+    with Client("http://testserver", api_key="sesame", transport=InProcessTransport(test_client)) as client:
         job = client.generate(5000, seed=1, shard_size=50)
         client.cancel(job)
         with pytest.raises(JobError, match="cancelled"):
@@ -173,7 +222,7 @@ def test_the_async_twin_does_the_same(gateway_app) -> None:
 
 def test_visualize_returns_the_gateway_png_and_checks_arguments_first(gateway_app) -> None:
     app, test_client = gateway_app
-    with Client("http://testserver", api_key="sesame", transport=test_client._transport) as client:
+    with Client("http://testserver", api_key="sesame", transport=InProcessTransport(test_client)) as client:
         strip = client.visualize("transitions", "cardiomegaly", values=[0, 1], seed=2)
         maps = client.visualize("difference", ["Mass", "edema"], seed=2, resolution=8)
         with pytest.raises(RequestError, match="unknown label 'Covid'"):

@@ -8,10 +8,12 @@ storage credentials, and the API key is only ever sent to the gateway itself.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +81,16 @@ def _visualize_request(kind: str, label: str | list[str], **fields: Any) -> dict
     return body.model_dump(mode="json", exclude_none=True)
 
 
-def _bar(total: int, enabled: bool, description: str):
+def progress_bar(total: int, enabled: bool, description: str, unit: str = "img", **options: Any):
+    """A tqdm bar (None when not `enabled`); `options` go to tqdm (unit_scale=True for bytes)."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, unit="img", dynamic_ncols=True)
+    return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, **options)
 
 
 def _verify(entry: ShardEntry, data: bytes) -> None:
-    import hashlib
-
     if hashlib.sha256(data).hexdigest() != entry.sha256:
         raise IntegrityError(f"{entry.name}: SHA-256 differs from the manifest's {entry.sha256}")
 
@@ -148,6 +149,20 @@ class Client(_Base):
         _raise_for_problem(response)
         return response
 
+    @contextmanager
+    def _stream(self, method: str, url: str) -> Iterator[httpx.Response]:
+        """`_request` with the body left to read in chunks."""
+        http = self._http if url.startswith("/") or self._is_gateway(url) else self._plain
+        headers = self._headers() if http is self._http else {}
+        try:
+            with http.stream(method, url, headers=headers) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for_problem(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise TransportError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+
     def models(self) -> list[ModelSummary]:
         """The models the gateway serves."""
         return ModelList.model_validate_json(self._request("GET", "/v1/models").content).models
@@ -197,7 +212,7 @@ class Client(_Base):
         `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         status = self.job(job)
-        bar = _bar(status.count, progress, f"job {status.id[:8]}")
+        bar = progress_bar(status.count, progress, f"job {status.id[:8]}")
         try:
             while True:
                 if bar is not None:
@@ -232,25 +247,41 @@ class Client(_Base):
         _verify(entry, data)
         return data
 
-    def download_shard(self, entry: ShardEntry, path: Path) -> Path:
-        """A shard saved to `path` (written whole or not at all), checked against its SHA-256."""
+    def download_shard(
+        self, entry: ShardEntry, path: Path, on_bytes: Callable[[int], object] | None = None
+    ) -> Path:
+        """A shard streamed to `path` (written whole or not at all) and checked against its SHA-256;
+        `on_bytes(n)` is called for every n bytes received (a progress bar's `update`)."""
+        if not entry.url:
+            raise ThoraxError(f"{entry.name} has no URL; ask the gateway with manifest() or shards()")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".partial-{path.name}")
-        temp.write_bytes(self.shard_bytes(entry))
+        digest = hashlib.sha256()
+        with self._stream("GET", entry.url) as response, open(temp, "wb") as fh:
+            for chunk in response.iter_bytes(1 << 16):
+                digest.update(chunk)
+                fh.write(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+        if digest.hexdigest() != entry.sha256:
+            temp.unlink(missing_ok=True)
+            raise IntegrityError(f"{entry.name}: SHA-256 differs from the manifest's {entry.sha256}")
         os.replace(temp, path)
         return path
 
-    def iter_samples(
-        self, job: JobRef, decode: bool = True, poll_interval: float = 0.5, timeout: float | None = None
-    ) -> Iterator[Sample]:
-        """(image, labels, metadata) of every image of the job, shard by shard as shards are committed,
-        while or after the job runs. JobError if it fails or is cancelled before the last shard."""
+    def committed_shards(
+        self, job: JobRef, poll_interval: float = 0.5, timeout: float | None = None
+    ) -> Iterator[ShardEntry]:
+        """Each shard of the job (name, SHA-256, image count, URL) as soon as it is committed, in order,
+        while or after the job runs; ends after the last one. JobError if the job fails or is cancelled
+        first, TimeoutError after `timeout` seconds. The URLs are plain GETs for S3 storage (presigned),
+        so that `webdataset` can stream them (see clients/README.md); the gateway's own shard route for
+        a local folder needs the API key."""
         job_id, done, deadline = _job_id(job), 0, None if timeout is None else time.monotonic() + timeout
         while True:
             listing = self.shards(job_id)
-            for entry in listing.shards[done:]:
-                yield from iter_shard(self.shard_bytes(entry), decode=decode)
+            yield from listing.shards[done:]
             done = len(listing.shards)
             if done >= listing.shards_total and listing.state == "succeeded":
                 return
@@ -259,6 +290,15 @@ class Client(_Base):
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {listing.state} after {timeout}s")
             time.sleep(poll_interval)
+
+    def iter_samples(
+        self, job: JobRef, decode: bool = True, poll_interval: float = 0.5, timeout: float | None = None
+    ) -> Iterator[Sample]:
+        """(image, labels, metadata) of every image of the job, shard by shard as shards are committed,
+        while or after the job runs, each shard checked against its SHA-256. JobError if it fails or is
+        cancelled before the last shard."""
+        for entry in self.committed_shards(job, poll_interval=poll_interval, timeout=timeout):
+            yield from iter_shard(self.shard_bytes(entry), decode=decode)
 
 
 class AsyncClient(_Base):
@@ -339,7 +379,7 @@ class AsyncClient(_Base):
         """Wait until the job ends (see `Client.wait`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         status = await self.job(job)
-        bar = _bar(status.count, progress, f"job {status.id[:8]}")
+        bar = progress_bar(status.count, progress, f"job {status.id[:8]}")
         try:
             while True:
                 if bar is not None:
@@ -377,16 +417,15 @@ class AsyncClient(_Base):
         _verify(entry, data)
         return data
 
-    async def iter_samples(
-        self, job: JobRef, decode: bool = True, poll_interval: float = 0.5, timeout: float | None = None
-    ) -> AsyncIterator[Sample]:
-        """The job's samples as shards are committed (see `Client.iter_samples`)."""
+    async def committed_shards(
+        self, job: JobRef, poll_interval: float = 0.5, timeout: float | None = None
+    ) -> AsyncIterator[ShardEntry]:
+        """Each shard of the job as soon as it is committed (see `Client.committed_shards`)."""
         job_id, done, deadline = _job_id(job), 0, None if timeout is None else time.monotonic() + timeout
         while True:
             listing = await self.shards(job_id)
             for entry in listing.shards[done:]:
-                for sample in iter_shard(await self.shard_bytes(entry), decode=decode):
-                    yield sample
+                yield entry
             done = len(listing.shards)
             if done >= listing.shards_total and listing.state == "succeeded":
                 return
@@ -395,3 +434,11 @@ class AsyncClient(_Base):
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {listing.state} after {timeout}s")
             await asyncio.sleep(poll_interval)
+
+    async def iter_samples(
+        self, job: JobRef, decode: bool = True, poll_interval: float = 0.5, timeout: float | None = None
+    ) -> AsyncIterator[Sample]:
+        """The job's samples as shards are committed (see `Client.iter_samples`)."""
+        async for entry in self.committed_shards(job, poll_interval=poll_interval, timeout=timeout):
+            for sample in iter_shard(await self.shard_bytes(entry), decode=decode):
+                yield sample

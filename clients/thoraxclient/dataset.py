@@ -30,9 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from thoraxclient import __version__
 from thoraxclient import rebalance as rebalancing
-from thoraxclient.client import Client
+from thoraxclient.client import Client, progress_bar
 from thoraxclient.errors import DatasetError, NotFoundError
 from thoraxclient.labels import label_key
+from thoraxclient.resize import resize
 from thoraxclient.schemas import ModelSummary
 from thoraxclient.shards import decode_png, iter_shard, sha256_file
 from thoraxclient.tables import LabelTable, empty_table, read_table, synthetic_row, write_table
@@ -170,7 +171,7 @@ def _build(client, out, rebalance_arg, base, models, resolution, format, seed, c
             job = _run_job(client, out, state, f"{model}#{part}", model, chunk, job_seed, dict(requested),
                            resolution, format, shard_size, progress, timeout)  # fmt: skip
             jobs.append(job)
-            synthetic += _extract(out, table, label_names, job, model)
+            synthetic += _extract(out, table, label_names, job, model, progress)
     after = rebalancing.add_counts(before, [positives for _, positives in synthetic])
     write_table(out / TABLE, table, [row for row, _ in synthetic])
     card = DatasetCard(
@@ -267,35 +268,61 @@ def _run_job(client: Client, out: Path, state: dict, key: str, model: str, rows:
         _write_json(out / STATE, state)
     status = client.wait(status, progress=progress, timeout=timeout)  # JobError if it failed
     manifest = client.manifest(status)
-    folder = out / "shards" / _safe(model) / status.id
-    for entry in manifest.shards:
-        path = folder / entry.name
-        if path.is_file() and sha256_file(path) == entry.sha256:
-            continue  # fetched by an earlier run
-        client.download_shard(entry, path)
+    _fetch_shards(client, manifest.shards, out / "shards" / _safe(model) / status.id, status.id, progress)
     return DatasetJob(id=status.id, model=model, seed=job_seed, count=len(rows), requested=requested,
                       shards={e.name: e.sha256 for e in manifest.shards})  # fmt: skip
 
 
+def _fetch_shards(client: Client, shards: list, folder: Path, job_id: str, progress: bool) -> None:
+    """The job's shards into `folder`: those on disk whose SHA-256 matches the manifest's are kept (a
+    re-run reads each once to check it), the others downloaded; a bar in bytes counts both."""
+    bar = progress_bar(sum(e.bytes for e in shards), progress, f"shards {job_id[:8]}", unit="B",
+                       unit_scale=True, unit_divisor=1024)  # fmt: skip
+    kept = fetched = 0
+    try:
+        for entry in shards:
+            path = folder / entry.name
+            if path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256:
+                kept += 1
+                if bar is not None:
+                    bar.update(entry.bytes)
+            else:
+                client.download_shard(entry, path, on_bytes=bar.update if bar is not None else None)
+                fetched += 1
+            if bar is not None:
+                bar.set_postfix_str(f"{kept + fetched}/{len(shards)} shards, {kept} checked on disk", False)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _extract(
-    out: Path, table: LabelTable, label_names: list[str], job: DatasetJob, model: str
+    out: Path, table: LabelTable, label_names: list[str], job: DatasetJob, model: str, progress: bool
 ) -> list[tuple[dict[str, str], list[str]]]:
     """The job's images written into `images/` (unless already there), with their table rows and their
     positive labels (as the shards record them, named as in `label_names`)."""
     shard_folder = out / "shards" / _safe(model) / job.id
     image_folder = out / "images" / _safe(model) / job.id
     image_folder.mkdir(parents=True, exist_ok=True)
+    keys = {label_key(n): n for n in label_names}
     rows = []
-    for name in sorted(job.shards):
-        for sample in iter_shard(shard_folder / name, decode=False):
-            path = image_folder / f"{sample.key}.{sample.extension}"
-            if not path.is_file() or path.stat().st_size != len(sample.data):
-                path.write_bytes(sample.data)
-            positive_keys = {label_key(n) for n, v in sample.labels.items() if v >= 0.5}
-            positives = [n for n in label_names if label_key(n) in positive_keys]
-            resolution = int(sample.metadata.get("resolution", 0))
-            row = synthetic_row(table, path.relative_to(out).as_posix(), positives, model, resolution)
-            rows.append((row, positives))
+    bar = progress_bar(job.count, progress, f"images {job.id[:8]}")
+    try:
+        for name in sorted(job.shards):
+            for sample in iter_shard(shard_folder / name, decode=False):
+                path = image_folder / f"{sample.key}.{sample.extension}"
+                if not path.is_file() or path.read_bytes() != sample.data:  # the shard's SHA-256 was checked
+                    path.write_bytes(sample.data)
+                positive_keys = {label_key(n) for n, v in sample.labels.items() if v >= 0.5}
+                positives = [n for k, n in keys.items() if k in positive_keys]
+                resolution = int(sample.metadata.get("resolution", 0))
+                row = synthetic_row(table, path.relative_to(out).as_posix(), positives, model, resolution)
+                rows.append((row, positives))
+                if bar is not None:
+                    bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
     return rows
 
 
@@ -317,31 +344,108 @@ def decode_dicom(data: bytes) -> np.ndarray:
 
 
 class SyntheticDataset:
-    """The synthetic images of a `build_dataset` folder as a map-style dataset: item i is
-    (image uint8 [H, W], labels float32 [L]) in `label_names` order. Works with a PyTorch DataLoader
-    (it is indexable and sized) without importing torch. PNG images are read by the SDK itself, DICOM
-    ones through pydicom. `include_real=True` with `real_root` (the folder the base table's filenames are
-    relative to) adds the real rows, read as PNGs too."""
+    """The images of a `build_dataset` folder as a map-style dataset that a PyTorch DataLoader batches.
 
-    def __init__(self, out_dir: str | os.PathLike, include_real: bool = False,
-                 real_root: str | os.PathLike | None = None) -> None:  # fmt: skip
+    Item i is a tuple `(image, labels)`:
+
+        image   numpy uint8 [R, R], greyscale; R = `resolution`
+        labels  numpy float32 [L], 1.0 where the image is positive for `label_names[j]`, else 0.0
+                (`label_names` is the dataset card's list: the 14 NIH labels for the shipped model)
+
+    The items are the rows of the folder's `labels.csv`, in its order, but only its synthetic rows
+    (`synthetic` = 1) unless `include_real=True`: with a base table, len() is the number of images
+    generated (the deficit: a table of 2,246 real rows topped up to 10,000 Cardiomegaly images holds
+    12,164 rows, of which 9,918 are synthetic), not the table's rows. `include_real=True` adds the base
+    table's rows first, as in the table; `real_root` is where their files are: the data folder (the one
+    holding `images/`, e.g. `../shared/data/cxr256`) or the images folder itself, by default the folder
+    of the base table that `build_dataset` was given.
+
+    Every image is resized to `resolution` x `resolution` pixels (area average when shrinking,
+    bilinear when enlarging), by default the synthetic images' own resolution, so that real 256 px and
+    synthetic 64 px images batch together. With the DataLoader's default collation a batch is
+    (uint8 tensor [B, R, R], float32 tensor [B, L]). PNG images are read by the SDK itself, DICOM ones
+    through pydicom; torch is never imported.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        include_real: bool = False,
+        real_root: str | os.PathLike | None = None,
+        resolution: int | None = None,
+    ) -> None:
         import csv
 
         self.root = Path(out_dir)
-        card = DatasetCard.model_validate_json((self.root / CARD).read_text())
+        card_path = self.root / CARD
+        if not card_path.is_file():
+            raise DatasetError(f"{self.root} is not a build_dataset folder: it has no {CARD}")
+        card = DatasetCard.model_validate_json(card_path.read_text())
         self.label_names = card.label_names
         self.layout, self.label_columns = card.layout, card.label_columns
-        self.real_root = Path(real_root) if real_root is not None else None
-        if include_real and self.real_root is None:
-            raise DatasetError("include_real needs real_root, the folder of the base table's images")
         with open(self.root / TABLE, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         self.rows = [r for r in rows if r["synthetic"] == "1" or include_real]
+        self.synthetic_images = sum(r["synthetic"] == "1" for r in self.rows)
+        self.real_images = len(self.rows) - self.synthetic_images
         table = LabelTable(self.layout, [], [], self.label_columns)
         self._labels = np.asarray(
             [[1.0 if n in table.positives(r, self.label_names) else 0.0 for n in self.label_names]
              for r in self.rows], np.float32,
         ).reshape(len(self.rows), len(self.label_names))  # fmt: skip
+        self._real_folders = self._find_real_folders(card, real_root) if self.real_images else []
+        self.real_root = self._real_folders[0] if self._real_folders else None
+        if resolution is not None and (isinstance(resolution, bool) or not 1 <= int(resolution) <= 4096):
+            raise DatasetError(f"resolution: a number of pixels from 1 to 4096, got {resolution!r}")
+        self.resolution = int(resolution) if resolution is not None else self._default_resolution(card)
+
+    def _find_real_folders(self, card: DatasetCard, real_root: str | os.PathLike | None) -> list[Path]:
+        """The folders a real row's file may be in, the one holding the first real row's file first."""
+        if real_root is not None:
+            root, given = Path(real_root), "real_root"
+        elif card.base is not None:
+            root, given = Path(card.base["path"]).parent, "the base table's folder"
+        else:
+            raise DatasetError("include_real: the dataset has real rows but no base table; pass real_root")
+        # the data folder, its images/ (thorax layout), or NIH's images_*/images/ folders
+        folders = [root, root / "images", *sorted(root.glob("images_*/images"))]
+        name = self._filename(next(r for r in self.rows if r["synthetic"] != "1"))
+        found = [f for f in folders if (f / name).is_file()]
+        if not found:
+            raise DatasetError(
+                f"include_real: the real image {name} is neither in {given} {root} nor in its images/ "
+                "folder; pass real_root=, the data folder that holds images/ (e.g. ../shared/data/cxr256) "
+                "or the images folder itself"
+            )
+        return [found[0], *(f for f in folders if f != found[0])]
+
+    def _default_resolution(self, card: DatasetCard) -> int:
+        """The synthetic images' resolution (the first item's size if there are none)."""
+        if card.resolution is not None and self.synthetic_images:
+            return card.resolution
+        first = next((i for i, r in enumerate(self.rows) if r["synthetic"] == "1"), 0)
+        return self._read(first).shape[0] if self.rows else 0
+
+    @staticmethod
+    def _filename(row: dict[str, str]) -> str:
+        return row.get("filename") or row.get("Image Index", "")
+
+    def _path(self, row: dict[str, str]) -> Path:
+        name = self._filename(row)
+        if row["synthetic"] == "1":
+            return self.root / name
+        for folder in self._real_folders:
+            if (folder / name).is_file():
+                return folder / name
+        raise DatasetError(f"{name}: no such real image in {', '.join(map(str, self._real_folders))}")
+
+    def _read(self, index: int) -> np.ndarray:
+        path = self._path(self.rows[index])
+        if path.suffix == ".dcm":
+            return decode_dicom(path.read_bytes())
+        if path.suffix != ".png":
+            raise DatasetError(f"{path.name}: only PNG and DICOM images are read")
+        return decode_png(path.read_bytes())
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -349,15 +453,13 @@ class SyntheticDataset:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not -len(self) <= index < len(self):
             raise IndexError(index)
-        row = self.rows[index]
-        name = row.get("filename") or row.get("Image Index", "")
-        folder = self.root if row["synthetic"] == "1" else self.real_root
-        path = folder / name
-        if path.suffix == ".dcm":
-            return decode_dicom(path.read_bytes()), self._labels[index].copy()
-        if path.suffix != ".png":
-            raise DatasetError(f"{path.name}: only PNG and DICOM images are read")
-        return decode_png(path.read_bytes()), self._labels[index].copy()
+        index %= len(self)
+        return resize(self._read(index), self.resolution), self._labels[index].copy()
+
+    def __repr__(self) -> str:
+        counts = f"{self.synthetic_images} synthetic + {self.real_images} real images"
+        shape = f"{self.resolution} px, {len(self.label_names)} labels"
+        return f"SyntheticDataset({str(self.root)!r}): {counts} at {shape}"
 
     def label_key(self, name: str) -> int:
         """The position of a label (any spelling) in the label vectors."""

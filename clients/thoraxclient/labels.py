@@ -4,8 +4,10 @@ the gateway's model cards use. Kept here because thoraxclient installs without t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 
+@lru_cache(maxsize=4096)  # called per label of every image a dataset build reads back
 def label_key(name: str) -> str:
     """The form two spellings of one label share: case, spaces and underscores ignored."""
     return name.strip().lower().replace(" ", "_")

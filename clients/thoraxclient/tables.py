@@ -8,6 +8,7 @@ import gzip
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from thoraxclient.errors import DatasetError
@@ -34,6 +35,11 @@ class LabelTable:
             found = {label_key(f) for f in row.get(NIH_FINDINGS, "").split("|") if f.strip()}
             return [n for n in label_names if label_key(n) in found]
         return [n for n, col in self.label_columns.items() if n in label_names and _positive(row.get(col))]
+
+    @cached_property
+    def binary_columns(self) -> frozenset[str]:
+        """The columns whose every value is 0 or 1 (computed once: a synthetic row per image asks)."""
+        return frozenset(c for c in self.columns if _binary_column(self, c))
 
     def counts(self, label_names: Sequence[str]) -> dict[str, int]:
         """Images positive per label; an image positive for several labels counts once for each."""
@@ -97,7 +103,7 @@ def synthetic_row(
         row.update({NIH_IMAGE: filename, NIH_FINDINGS: "|".join(positives) or "No Finding",
                     NIH_PATIENT: "synthetic"})  # fmt: skip
     else:
-        row = {c: "0" if _binary_column(table, c) else "" for c in table.columns}
+        row = {c: "0" if c in table.binary_columns else "" for c in table.columns}
         for name, col in table.label_columns.items():
             row[col] = "1" if name in positives else "0"
         for col in table.columns:
