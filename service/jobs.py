@@ -47,7 +47,7 @@ SHARD_URL_SECONDS = 6 * 3600  # presigned shard URLs stay valid this long
 
 def clean_prefix(prefix: str) -> str:
     """A destination folder that stays under the gateway's storage prefix, or a FieldProblem."""
-    prefix = prefix.strip().rstrip("/")
+    prefix = prefix.rstrip("/")  # no strip(): the schema says what is taken, spaces are not
     if not prefix:
         return ""
     if prefix.startswith("/") or "\\" in prefix:

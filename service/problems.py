@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 PROBLEM_TYPE = "urn:thorax:problem:"  # a URI that names the kind without pretending to be a web page
 MEDIA_TYPE = "application/problem+json"
@@ -95,6 +96,7 @@ def field_name(loc: tuple | list) -> str:
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
     kept = [p for p in parts if not any(c in p for c in "[](") and p not in ("LabelPrior",)]
+    kept = [p or '""' for p in kept]  # an empty label name, shown as one
     return ".".join(kept) or "body"
 
 
@@ -113,6 +115,20 @@ def _most_specific(errors: list[dict]) -> list[dict]:
         inner = [e for e in group if e.get("type") not in _SHAPE_ERRORS and len(e.get("loc", ())) > 2]
         kept.extend(inner or group)
     return kept
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route answers at this path: Starlette's own Allow names only the first route's
+    (here `/v1/jobs` is a POST route and a GET route), and FastAPI drops it from the 405."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
 
 
 def install(app: FastAPI) -> None:
@@ -138,7 +154,10 @@ def install(app: FastAPI) -> None:
         title = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized"}.get(
             exc.status_code, "Error"
         )
-        return problem_response(request, ApiProblem(exc.status_code, title, str(exc.detail)))
+        response = problem_response(request, ApiProblem(exc.status_code, title, str(exc.detail)))
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -436,3 +436,68 @@ def test_label_rows_are_bounded_by_their_stored_size(tmp_path: Path) -> None:
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["errors"][0]["field"] == "labels"
         assert client.get("/v1/jobs").json()["jobs"] == []
+
+
+# ---- defect 14: strict types, and the OpenAPI says what the gateway takes ------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"count": "5"}, "count"),
+        ({"count": True}, "count"),
+        ({"count": 5.0}, "count"),
+        ({"count": 1, "shard_size": "2"}, "shard_size"),
+        ({"count": 1, "seed": True}, "seed"),
+        ({"count": 1, "labels": {"Edema": "0.5"}}, "labels.Edema"),
+        ({"count": 1, "labels": {"Edema": True}}, "labels.Edema"),
+        ({"count": 1, "labels": {"prior": "model", "fixed": {"Edema": True}}}, "labels.fixed.Edema"),
+        ({"count": 1, "labels": {"": 1}}, 'labels.""'),
+        ({"count": 1, "prefix": "équipe"}, "prefix"),
+        ({"count": 1, "prefix": " padded"}, "prefix"),
+    ],
+)
+def test_loose_types_and_names_are_refused(client_data: TestClient, body: dict, field: str) -> None:
+    """Defect 14: `count: "5"`, `count: true` and label values `"0.5"` and `true` were taken."""
+    response = client_data.post("/generate", json=body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert field in [e["field"] for e in response.json()["errors"]], response.json()
+    assert client_data.get("/v1/jobs").json()["jobs"] == []
+
+
+@pytest.fixture
+def client_data(tmp_path: Path):
+    with TestClient(create_app(gateway_settings(tmp_path / "data"))) as client:
+        yield client
+
+
+def test_the_openapi_says_what_prefix_and_label_names_take(client_data: TestClient) -> None:
+    """Defect 14: the schema allowed a non-ASCII prefix and a label name "", which the gateway refuses."""
+    import re
+
+    schemas = client_data.get("/openapi.json").json()["components"]["schemas"]
+    prefix = schemas["JobRequest"]["properties"]["prefix"]
+    assert not re.fullmatch(prefix["pattern"], "équipe") and re.fullmatch(prefix["pattern"], "team/a-1")
+    assert schemas["JobRequest"]["properties"]["count"]["type"] == "integer"
+    names = schemas["LabelPrior-Input"]["properties"]["fixed"]["propertyNames"]
+    assert names["minLength"] == 1
+
+
+def test_405_names_the_allowed_methods(client_data: TestClient) -> None:
+    """Defect 14: 405 answers carried no Allow header."""
+    response = client_data.delete("/v1/jobs")
+    assert response.status_code == 405 and response.headers["content-type"] == "application/problem+json"
+    assert set(response.headers["allow"].split(", ")) == {"GET", "POST"}
+    assert client_data.put("/healthz").headers["allow"] == "GET"
+
+
+def test_a_body_that_is_not_utf8_is_a_documented_422(client_data: TestClient) -> None:
+    """Defect 14: a body that is not valid UTF-8 gave an undocumented 400."""
+    headers = {"content-type": "application/json"}
+    response = client_data.post("/generate", content=b'{"count": 1, "prefix": "\xff"}', headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"] == "body"
+    documented = client_data.get("/openapi.json").json()["paths"]["/generate"]["post"]["responses"]
+    assert "422" in documented

@@ -22,8 +22,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Strict like JSON: a label value is a number (not true, not "1"), a count an integer (not "5", not 5.0).
+LabelValue = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False, strict=True)]
+LabelName = Annotated[str, Field(min_length=1)]
+StrictCount = Annotated[int, Field(strict=True)]
+# A job's destination as the gateway takes it: folders of 1 to 100 letters, digits and . _ = -, joined by
+# "/". The gateway also refuses the segments "." and "..", and segments that look like a job id.
+PREFIX_PATTERN = r"^([A-Za-z0-9._=-]{1,100}(/[A-Za-z0-9._=-]{1,100})*/?)?$"
+
 # A label vector in the model's order, or label names mapped to values (the others are 0).
-LabelVector = list[float] | dict[str, float]
+LabelVector = list[LabelValue] | dict[LabelName, LabelValue]
 
 
 class LabelPrior(_Strict):
@@ -31,15 +39,17 @@ class LabelPrior(_Strict):
     with the `fixed` labels set to the given values on every image."""
 
     prior: Literal["model"] = Field(description="where the other labels come from: the model card's prior")
-    fixed: dict[str, float] = Field(default_factory=dict, description="label name -> value on every image")
+    fixed: dict[LabelName, LabelValue] = Field(
+        default_factory=dict, description="label name -> value on every image"
+    )
 
 
 class JobRequest(_Strict):
     """`POST /generate` (and `POST /v1/jobs`): N radiographs written as WebDataset shards."""
 
     model: str | None = Field(default=None, description="NAME or NAME/VERSION; the default model if omitted")
-    count: int = Field(ge=1, description="number of images")
-    resolution: int | None = Field(
+    count: StrictCount = Field(ge=1, description="number of images")
+    resolution: StrictCount | None = Field(
         default=None, ge=4, description="pixels per side: the model's, or lower (area downsampling)"
     )
     labels: LabelVector | list[LabelVector] | LabelPrior | None = Field(
@@ -49,11 +59,16 @@ class JobRequest(_Strict):
             "names to values in 0..1), a list with one vector per image, or a prior; all zeros if omitted"
         ),
     )
-    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT, description="chosen and recorded if omitted")
+    seed: StrictCount | None = Field(
+        default=None, ge=0, lt=SEED_LIMIT, description="chosen and recorded if omitted"
+    )
     format: ImageFormat = "png"
-    shard_size: int = Field(default=1000, ge=1, description="images per tar shard")
+    shard_size: StrictCount = Field(default=1000, ge=1, description="images per tar shard")
     prefix: str = Field(
-        default="", max_length=256, description="destination folder under the gateway's storage prefix"
+        default="",
+        max_length=256,
+        pattern=PREFIX_PATTERN,
+        description="destination folder under the gateway's storage prefix",
     )
 
 
@@ -154,14 +169,15 @@ class PreviewRequest(_Strict):
     """`POST /v1/preview`: a small PNG grid, answered synchronously."""
 
     model: str | None = None
-    count: int = Field(default=4, ge=1, description="images in the grid (at most the gateway's limit)")
-    seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
+    count: StrictCount = Field(
+        default=4, ge=1, description="images in the grid (at most the gateway's limit)"
+    )
+    seed: StrictCount = Field(default=0, ge=0, lt=SEED_LIMIT)
     labels: LabelVector | list[LabelVector] | LabelPrior | None = None
-    resolution: int | None = Field(default=None, ge=4)
+    resolution: StrictCount | None = Field(default=None, ge=4)
 
 
 TRANSITION_VALUES: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0)  # the paper's Figure 5
-LabelValue = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False, strict=True)]  # not true, not "1"
 
 
 class VisualizeRequest(_Strict):
