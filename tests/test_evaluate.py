@@ -205,9 +205,11 @@ def test_the_collapse_detector_gives_zero_when_the_latent_is_ignored_and_one_for
     assert ignored["labels"]["Effusion"]["train_images"] == int((train.labels[:, 2] >= 0.5).sum())
 
     def copier(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # real images with that label
-        index = labels.argmax(1)[0] if labels.sum() else -1
-        rows = torch.nonzero(~positive.any(1) if index < 0 else positive[:, index])[:, 0]
-        return reals[rows[(z[:, 0].abs() * 1e6).long() % len(rows)]]
+        picked = []
+        for latent, vector in zip(z, labels, strict=True):
+            rows = torch.nonzero(positive[:, vector.argmax()] if vector.sum() else ~positive.any(1))[:, 0]
+            picked.append(reals[rows[int(latent[0].abs() * 1e6) % len(rows)]])
+        return torch.stack(picked)
 
     alike = collapse(copier, 8, names, _Pixels(), 16, spread, opts)
     for name in (NO_FINDING, "Infiltration", "Effusion"):

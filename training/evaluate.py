@@ -452,12 +452,20 @@ def collapse(
     A ratio near 0: the label fixed the image whatever the latent (collapse by conditioning); near 1:
     as varied as real images with the label. The real images of a label may carry other labels too,
     the generated ones carry that label alone. Labels with fewer than two real images get no ratio."""
+    k = opts.collapse_latents
     vectors = torch.cat([torch.zeros(1, len(names)), torch.eye(len(names))])  # [L + 1, L]
-    seed = stream_seed(opts.seed, STREAM_COLLAPSE)
+    z = torch.from_numpy(latents_for(stream_seed(opts.seed, STREAM_COLLAPSE), range(k), latent_dim))
+    z, labels = z.repeat(len(vectors), 1), vectors.repeat_interleave(k, dim=0)  # the same k latents each
+    images = torch.cat(
+        [
+            pool_to(generate(z[i : i + 192], labels[i : i + 192]).clamp(-1, 1), px)
+            for i in range(0, len(z), 192)
+        ]
+    )  # [(L + 1) * k, 1, px, px]
+    features = clf.features(model, images).reshape(len(vectors), k, -1)  # [L + 1, k, D]
     out = {}
-    for name, vector in zip([NO_FINDING, *names], vectors, strict=True):
-        images = generate_images(generate, latent_dim, seed, vector.expand(opts.collapse_latents, -1), px)
-        generated = mean_pairwise_distance(clf.features(model, images))
+    for name, group in zip([NO_FINDING, *names], features, strict=True):
+        generated = mean_pairwise_distance(group)
         spread = real["labels"][name]
         ratio = generated / spread["distance"] if spread["distance"] else None
         out[name] = {
