@@ -1,7 +1,9 @@
 """build_dataset against the real gateway (a subprocess) storing to a real S3 server (SeaweedFS): shards
 are read through presigned URLs, targets are met exactly, only the deficit over a base table is made,
-pooled models are asked only for labels they have, a repeated call fetches nothing, bad labels fail
-before any job, and the client runs with torch, onnxruntime, minio, training and service blocked."""
+pooled models are asked only for labels they have, a repeated call fetches nothing (and shows what it
+checked), bad labels fail before any job, the client runs with torch, onnxruntime, minio, training and
+service blocked, real and synthetic rows batch together in a DataLoader, and webdataset streams a running
+job's shards."""
 
 from __future__ import annotations
 
@@ -301,3 +303,103 @@ def test_a_dicom_dataset_reads_the_same_pixels_as_the_png_one(gateway_url, tmp_p
     assert next((tmp_path / "dicom" / "images").rglob("*.dcm"))
     for (png, png_labels), (dcm, dcm_labels) in zip(datasets["png"], datasets["dicom"], strict=True):
         assert dcm.dtype == np.uint8 and np.array_equal(dcm, png) and np.array_equal(dcm_labels, png_labels)
+
+
+def test_a_mixed_real_and_synthetic_dataset_batches_with_a_dataloader(
+    gateway_url, data_dir: Path, tmp_path: Path
+) -> None:
+    import torch.utils.data
+    from PIL import Image
+
+    url, _ = gateway_url
+    base = tmp_path / "base.csv"
+    with open(data_dir / "labels.csv", newline="") as fh:
+        base.write_text("".join(fh.readlines()[:21]))  # the header and 20 real rows (256 px)
+    with open(base, newline="") as fh:
+        real = list(csv.DictReader(fh))
+    mass = sum(r["Mass"] == "1" for r in real)
+    with Client(url, api_key=KEY) as client:
+        card = build_dataset(tmp_path / "ds", {"Mass": mass + 5}, base=base, seed=3, client=client,
+                             progress=False)  # fmt: skip
+    with pytest.raises(DatasetError, match=r"real_root=, the data folder that holds images/"):
+        SyntheticDataset(tmp_path / "ds", include_real=True)  # base.csv has no images beside it
+
+    mixed = SyntheticDataset(tmp_path / "ds", include_real=True, real_root=data_dir)  # the data folder
+    assert (len(mixed), mixed.real_images, mixed.synthetic_images, mixed.resolution) == (25, 20, 5, 16)
+    batches = list(torch.utils.data.DataLoader(mixed, batch_size=8))
+    assert [tuple(images.shape) for images, _ in batches] == [(8, 16, 16)] * 3 + [(1, 16, 16)]
+    assert all(images.dtype == torch.uint8 and labels.dtype == torch.float32 for images, labels in batches)
+    column = card.label_names.index("Mass")
+    assert sum(int(labels[:, column].sum()) for _, labels in batches) == mass + 5 == card.counts_after["Mass"]
+
+    original = np.asarray(Image.open(data_dir / "images" / real[0]["filename"]), np.float64)  # [256, 256]
+    expected = np.rint(original.reshape(16, 16, 16, 16).mean(axis=(1, 3)))  # the area average
+    np.testing.assert_array_equal(mixed[0][0], expected)
+    by_images = SyntheticDataset(tmp_path / "ds", include_real=True, real_root=data_dir / "images")
+    np.testing.assert_array_equal(by_images[0][0], mixed[0][0])
+    larger = SyntheticDataset(tmp_path / "ds", include_real=True, real_root=data_dir, resolution=32)
+    images, _ = next(iter(torch.utils.data.DataLoader(larger, batch_size=25)))
+    assert tuple(images.shape) == (25, 32, 32)
+    assert len(SyntheticDataset(tmp_path / "ds")) == 5  # the synthetic rows only, by default
+
+
+def test_the_data_folder_of_the_base_table_is_found_by_default(gateway_url, data_dir: Path, tmp_path: Path):
+    url, _ = gateway_url
+    hernia = table_counts(data_dir / "labels.csv", ["Hernia"])["Hernia"]
+    with Client(url, api_key=KEY) as client:  # the README's call: the base table in its data folder
+        card = build_dataset(tmp_path / "ds", {"Hernia": hernia + 2}, base=data_dir / "labels.csv", seed=1,
+                             comorbidity="none", client=client, progress=False)  # fmt: skip
+    assert card.synthetic_images == 2
+    dataset = SyntheticDataset(tmp_path / "ds", include_real=True)
+    assert dataset.real_root == data_dir / "images" and dataset.real_images == card.real_images
+    assert len(dataset) == card.real_images + card.synthetic_images
+    assert dataset[0][0].shape == dataset[len(dataset) - 1][0].shape == (16, 16)
+
+
+def test_webdataset_streams_the_shards_of_a_running_job(gateway_url) -> None:
+    import itertools
+
+    import webdataset as wds
+    from thoraxclient.shards import decode_png
+
+    url, s3 = gateway_url
+    with Client(url, api_key=KEY) as client:
+        # far more images than are read: the job is still running when the first shards have been read
+        job = client.generate(1_000_000, {"Effusion": 1}, seed=12, shard_size=25, prefix="streamed")
+        try:
+            shards = client.committed_shards(job, timeout=120)
+            pipeline = wds.DataPipeline(lambda: ({"url": e.url} for e in shards), wds.tarfile_to_samples())
+            samples = list(itertools.islice(pipeline, 100))  # four shards, read through presigned URLs
+            during = client.job(job)
+        finally:
+            client.cancel(job)
+    assert during.state == "running" and during.images_done < during.count
+    assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(100)]
+    records = [json.loads(s["json"]) for s in samples]
+    assert all(r["labels"]["Effusion"] == 1.0 and r["seed"] == 12 for r in records)
+    assert [r["index"] for r in records] == list(range(100))
+    assert decode_png(samples[0]["png"]).shape == (16, 16)
+
+
+def test_the_download_after_the_job_has_a_bar_and_a_rerun_checks_every_file(
+    gateway_url, tmp_path: Path, capsys
+) -> None:
+    url, _ = gateway_url
+    out = tmp_path / "ds"
+    with Client(url, api_key=KEY) as client:
+        card = build_dataset(out, {"Edema": 5}, seed=9, client=client, shard_size=2, progress=True)
+        first = capsys.readouterr().err.replace("\r", "\n")
+        image = next((out / "images").rglob("*.png"))
+        original = image.read_bytes()
+        image.write_bytes(bytes(len(original)))  # damaged, same size: found by its bytes
+        build_dataset(out, {"Edema": 5}, client=client, shard_size=2, progress=True)
+        again = capsys.readouterr().err.replace("\r", "\n")
+    from tqdm import tqdm
+
+    job = card.jobs[0].id[:8]
+    size = tqdm.format_sizeof(sum(p.stat().st_size for p in (out / "shards").rglob("shard-*.tar")), "", 1024)
+    assert f"shards {job}: 100%" in first and f"{size}/{size}" in first  # the shards' bytes
+    assert "B/s, 3/3 shards, 0 checked on disk]" in first
+    assert f"images {job}: 100%" in first and "5/5" in first
+    assert "3/3 shards, 3 checked on disk]" in again and "0 checked" not in again
+    assert image.read_bytes() == original
