@@ -150,3 +150,19 @@ def test_the_nih64_config_trains_adults_only_with_every_addition() -> None:
     cfg = load_config("nih64")
     assert cfg.patient_prefixes == ("nih_",) and cfg.projection and cfg.label_modulation > 0
     assert cfg.cond_ramp_end_kimg > cfg.cond_ramp_start_kimg and cfg.ada_target > 0
+
+
+def test_mode_seeking_term_is_large_for_copies_and_small_for_diverse_pairs() -> None:
+    from training.loss import mode_seeking_loss
+
+    z = torch.randn(8, LATENT)
+    same = torch.rand(1, 1, 8, 8).repeat(8, 1, 1, 1)  # every latent gives one image
+    diverse = torch.rand(8, 1, 8, 8) * 2 - 1
+    assert mode_seeking_loss(same, z) > 1e4
+    assert mode_seeking_loss(diverse, z) < 10
+    halves = torch.cat([diverse[:4], diverse[:4] + 0.5])  # pairs differ by exactly 0.5 per pixel
+    gap = (z[:4] - z[4:]).abs().mean(1)
+    assert torch.isclose(mode_seeking_loss(halves, z), 1 / ((0.5 / gap).mean() + 1e-5), rtol=1e-4)
+    raw = load_config("tiny").to_dict()
+    with pytest.raises(UserError):
+        config_from_dict({**raw, "diversity_weight": -1.0})

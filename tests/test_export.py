@@ -275,6 +275,7 @@ CONDITIONING_VARIANTS = {
         "augment_p": 0.3,
         "ada_target": 0.6,
         "rare_label_power": 0.5,
+        "diversity_weight": 0.2,
         "patient_prefixes": ("nih_",),
         "cohort": "NIH adults",
     },
@@ -306,6 +307,7 @@ def test_a_conditioning_variant_run_exports_and_serves(tmp_path: Path, data_dir:
         assert not any("children are mixed" in c for c in card.training_data.caveats)
         assert "projection critic" in card.architecture.conditioning
         assert "every block" in card.architecture.conditioning
+        assert "mode-seeking" in card.architecture.conditioning
         assert "One cohort only: NIH adults" in model.file("card_markdown").read_text()
     with zipfile.ZipFile(model.file("mar")) as mar:
         mar.extractall(tmp_path / "mar")

@@ -46,6 +46,10 @@ class TrainConfig:
     gp_every: int = 1  # compute the penalty every k-th step (scaled by k); 1 = every step
     drift: float = 0.001
     label_weight: float = 1.0
+    # Mode seeking (Mao et al. 2019, MSGAN) against collapse by conditioning: in the generator's step
+    # pairs of images share a label vector but not a latent, and the loss adds
+    # diversity_weight / (mean |G(z1, c) - G(z2, c)| / mean |z1 - z2| + 1e-5). 0 = off.
+    diversity_weight: float = 0.0
     label_embedding: bool = False  # the generator maps the labels to latent_dim features (see networks.py)
     label_modulation: int = 0  # width of the label embedding that modulates every block; 0 = input only
     projection: bool = False  # projection discriminator: the critic's score gets <W c, features>
@@ -137,6 +141,10 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         fail("augment_p and ada_p_max must lie in 0..1")
     if not 0.0 <= cfg.ada_target < 1.0 or cfg.ada_speed_kimg <= 0:
         fail("ada_target must lie in 0..1 (0 = fixed strength) and ada_speed_kimg be > 0")
+    if cfg.diversity_weight < 0:
+        fail("diversity_weight must be >= 0 (0 = off)")
+    if cfg.diversity_weight and any(s.batch % 2 for s in cfg.stages):
+        fail("diversity_weight pairs the images of a batch: every stage's batch must be even")
     if cfg.rare_label_power < 0:
         fail("rare_label_power must be >= 0")
 

@@ -58,6 +58,15 @@ def discriminator_loss(
     return {"total": total, "wasserstein": wasserstein, "label": labels}
 
 
+def mode_seeking_loss(images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """MSGAN's term: the first and second half of the batch share label vectors; it is large when
+    different latents give the same image. images: [2M, 1, R, R], z: [2M, Z]."""
+    half = images.shape[0] // 2
+    image_gap = (images[:half].float() - images[half:].float()).abs().mean(dim=(1, 2, 3))  # [M]
+    latent_gap = (z[:half].float() - z[half:].float()).abs().mean(dim=1)  # [M]
+    return 1.0 / ((image_gap / latent_gap).mean() + 1e-5)
+
+
 def generator_loss(
     fake_score: torch.Tensor, fake_logits: torch.Tensor, fake_labels: torch.Tensor, label_weight: float
 ) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig, config_from_dict
 from training.data import RadiographSet
-from training.loss import discriminator_loss, generator_loss, gradient_penalty
+from training.loss import discriminator_loss, generator_loss, gradient_penalty, mode_seeking_loss
 from training.networks import Discriminator, Generator, downsample2, upsample2
 from training.sample import sample_grid
 from training.schedule import Phase, alpha_at, phase_at, phases
@@ -291,11 +291,18 @@ class Trainer:
         # Generator.
         self.D.requires_grad_(False)
         z = torch.randn(batch, cfg.latent_dim, generator=self.rng).to(self.device)
-        fake_labels = self._fake_labels(batch)
+        if cfg.diversity_weight:  # pairs that share a label vector, for the mode-seeking term
+            fake_labels = self._fake_labels(batch // 2).repeat(2, 1)
+        else:
+            fake_labels = self._fake_labels(batch)
         with self._autocast():
             fakes = self.G(z, fake_labels, level, alpha)
             fake_score, fake_logits = self._critic(fakes, fake_labels, level, alpha)
         g = generator_loss(fake_score, fake_logits, fake_labels, cfg.label_weight)
+        diversity = torch.zeros(())
+        if cfg.diversity_weight:
+            diversity = mode_seeking_loss(fakes, z)
+            g["total"] = g["total"] + cfg.diversity_weight * diversity
         self.opt_G.zero_grad(set_to_none=True)
         g["total"].backward()
         self.opt_G.step()
@@ -310,6 +317,7 @@ class Trainer:
             "label_D": d["label"].item(),
             "loss_G": g["total"].item(),
             "label_G": g["label"].item(),
+            "diversity": diversity.item(),
             "augment_p": self.ada.p,
             "rt": self.ada.rt,
             "cond_gain": gain,
@@ -443,7 +451,8 @@ class Trainer:
                         f"{phase.resolution:4d}px {phase.kind:6s} a={alpha:.2f} "
                         f"kimg {self.images_shown / 1000:7.1f}/{cfg.total_kimg:g}  "
                         f"D {stats['loss_D']:+.3f} (W {stats['wasserstein']:+.3f} gp {stats['gp']:.3f} "
-                        f"lab {stats['label_D']:.3f})  G {stats['loss_G']:+.3f}  "
+                        f"lab {stats['label_D']:.3f})  G {stats['loss_G']:+.3f} "
+                        f"(ms {stats['diversity']:.2f})  "
                         f"aug {stats['augment_p']:.2f} rt {stats['rt']:+.2f} cond {stats['cond_gain']:.2f}  "
                         f"{rate:6.1f} img/s  "
                         f"phase left {_fmt_duration(phase_left)}  run left {_fmt_duration(run_left)}",
