@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.access import LOCAL, Caller, key_id
 from service.catalog import Catalog
 from service.jobs import JobManager
 from service.metrics import Metrics
@@ -35,19 +36,23 @@ def metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def require_api_key(request: Request) -> None:
-    """With `THORAX_API_KEYS` set, a key is needed as `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
-    keys = request.app.state.settings.api_key_set
+def require_api_key(request: Request) -> Caller:
+    """With `THORAX_API_KEYS` set, a key is needed as `Authorization: Bearer KEY` or `X-API-Key: KEY`;
+    the caller is that key (its id, and whether it is an admin key)."""
+    settings = request.app.state.settings
+    keys = settings.api_key_set
     if not keys:
-        return
+        return LOCAL
     given = request.headers.get("x-api-key", "")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer":
         given = given or token.strip()
-    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+    matched = [key for key in keys if hmac.compare_digest(given.encode(), key.encode())]
+    if not matched:
         raise ApiProblem(
             401, "Unauthorized", "a valid API key is needed (Authorization: Bearer KEY or X-API-Key)"
         )
+    return Caller(key_id=key_id(matched[0]), admin=matched[0] in settings.admin_key_set)
 
 
 SettingsDep = Annotated[Settings, Depends(settings)]
@@ -55,3 +60,4 @@ JobsDep = Annotated[JobManager, Depends(jobs)]
 CatalogDep = Annotated[Catalog, Depends(catalog)]
 StorageDep = Annotated[Storage, Depends(storage)]
 MetricsDep = Annotated[Metrics, Depends(metrics)]
+CallerDep = Annotated[Caller, Depends(require_api_key)]

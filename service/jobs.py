@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from thoraxclient.schemas import TERMINAL_STATES, JobRequest, JobSpec, JobStatus, Manifest, ShardEntry
 
 from service import labels as label_rules
+from service.access import LOCAL, Caller
 from service.backends import BackendError
 from service.catalog import Catalog, LoadedModel
 from service.metrics import Metrics
@@ -231,7 +232,7 @@ class JobManager:
 
     # ---- requests ---------------------------------------------------------------------------------
 
-    def submit(self, request: JobRequest) -> Job:
+    def submit(self, request: JobRequest, caller: Caller = LOCAL) -> Job:
         s = self.settings
         if request.count > s.max_count:
             raise LimitProblem(
@@ -258,6 +259,7 @@ class JobManager:
             prefix=prefix,
             label_names=model.label_names,
             created=datetime.now(UTC),
+            owner=caller.key_id,
             **resolved_labels,
         )
         recorded = _spec_json(spec)
@@ -297,7 +299,8 @@ class JobManager:
         except StoreError as exc:
             raise FieldProblem("model", str(exc)) from None
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, caller: Caller = LOCAL) -> Job:
+        """The job, if `caller` may see it: its own, or any for an admin; else the same 404 as for none."""
         with self.lock:
             job = self.jobs.get(job_id)
         if job is None and not self.scanned.is_set():
@@ -306,17 +309,18 @@ class JobManager:
             self._wait_for_scan()
             with self.lock:
                 job = self.jobs.get(job_id)
-        if job is None:
+        if job is None or not caller.may_see(job.spec.owner):
             raise ApiProblem(404, "Not found", f"no job {job_id!r}")
         return job
 
-    def list(self) -> list[Job]:
+    def list(self, caller: Caller = LOCAL) -> list[Job]:
         self._wait_for_scan()  # a list without the earlier gateways' jobs would mislead
         with self.lock:
-            return sorted(self.jobs.values(), key=lambda j: j.spec.created, reverse=True)
+            jobs = [job for job in self.jobs.values() if caller.may_see(job.spec.owner)]
+        return sorted(jobs, key=lambda j: j.spec.created, reverse=True)
 
-    def cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
+    def cancel(self, job_id: str, caller: Caller = LOCAL) -> Job:
+        job = self.get(job_id, caller)
         if job.state in TERMINAL_STATES and job.state != "failed":
             raise ApiProblem(409, "Conflict", f"job {job_id} has already {job.state}")
         job.cancel.set()
@@ -330,8 +334,8 @@ class JobManager:
             job.state = "cancelled"
         return job
 
-    def resume(self, job_id: str) -> Job:
-        job = self.get(job_id)
+    def resume(self, job_id: str, caller: Caller = LOCAL) -> Job:
+        job = self.get(job_id, caller)
         if job.state != "failed":
             raise ApiProblem(
                 409, "Conflict", f"only a failed job can be resumed; job {job_id} is {job.state}"
@@ -345,8 +349,8 @@ class JobManager:
             states = [j.state for j in self.jobs.values()]
         return {state: states.count(state) for state in ("queued", "running", *TERMINAL_STATES)}
 
-    def manifest(self, job_id: str) -> bytes:
-        job = self.get(job_id)
+    def manifest(self, job_id: str, caller: Caller = LOCAL) -> bytes:
+        job = self.get(job_id, caller)
         if job.state != "succeeded":
             raise ApiProblem(
                 409, "Conflict", f"job {job_id} is {job.state}; the manifest comes when it succeeds"
@@ -356,15 +360,17 @@ class JobManager:
             raise ApiProblem(404, "Not found", f"job {job_id} has no manifest in storage")
         return data
 
-    def shards(self, job_id: str) -> list[ShardEntry]:
+    def shards(self, job_id: str, caller: Caller = LOCAL) -> list[ShardEntry]:
         """The job's committed shards so far, in order (readable while it runs)."""
-        job = self.get(job_id)
+        job = self.get(job_id, caller)
         committed = dict(job.committed)  # the job thread adds to it
         return [committed[i] for i in sorted(committed)]
 
-    def shard_stream(self, job_id: str, shard_index: int) -> tuple[ShardEntry, Iterator[bytes]]:
+    def shard_stream(
+        self, job_id: str, shard_index: int, caller: Caller = LOCAL
+    ) -> tuple[ShardEntry, Iterator[bytes]]:
         """A committed shard's entry and its bytes, streamed from storage."""
-        job = self.get(job_id)
+        job = self.get(job_id, caller)
         entry = job.committed.get(shard_index)
         if entry is None:
             raise ApiProblem(404, "Not found", f"job {job_id} has no committed shard {shard_index}")
@@ -386,10 +392,11 @@ class JobManager:
             raise ApiProblem(503, "Storage unavailable", f"could not read {entry.name}: {exc}") from exc
         return entry, itertools.chain([first], chunks)
 
-    def shard_url(self, job_id: str, entry: ShardEntry) -> str | None:
+    def shard_url(self, job_id: str, entry: ShardEntry, caller: Caller = LOCAL) -> str | None:
         """A presigned URL of a shard where storage has them, else None."""
+        job = self.get(job_id, caller)
         try:
-            return self.storage.presigned_url(self.get(job_id).key(entry.name), SHARD_URL_SECONDS)
+            return self.storage.presigned_url(job.key(entry.name), SHARD_URL_SECONDS)
         except StorageError as exc:
             self.metrics.errors.labels("storage").inc()
             raise ApiProblem(503, "Storage unavailable", f"could not sign a shard URL: {exc}") from exc

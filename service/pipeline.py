@@ -91,9 +91,10 @@ END = _End()  # a stage has sent everything
 
 
 def spec_sha256(spec: JobSpec) -> str:
-    """What the shard bytes depend on: the spec without the job id, destination and creation time."""
+    """What the shard bytes depend on: the spec without the job id, destination, creation time and
+    owner."""
     return hashlib.sha256(
-        canonical_json(spec.model_dump(mode="json", exclude={"job_id", "prefix", "created"}))
+        canonical_json(spec.model_dump(mode="json", exclude={"job_id", "prefix", "created", "owner"}))
     ).hexdigest()
 
 

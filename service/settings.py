@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.access import parse_keys
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="THORAX_", extra="ignore")
@@ -43,10 +45,15 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_preview: int = Field(default=16, ge=1)
 
-    # access: comma-separated keys; with any configured, every route but health needs one
+    # access: comma-separated keys, `admin:KEY` for one that sees every job; with any configured, every
+    # route but health needs one, and a key sees only the jobs it submitted
     api_keys: str = ""
     resume_on_start: bool = True
 
     @property
     def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+        return frozenset(parse_keys(self.api_keys))
+
+    @property
+    def admin_key_set(self) -> frozenset[str]:
+        return frozenset(key for key, admin in parse_keys(self.api_keys).items() if admin)

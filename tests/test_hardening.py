@@ -501,3 +501,39 @@ def test_a_body_that_is_not_utf8_is_a_documented_422(client_data: TestClient) ->
     assert response.json()["errors"][0]["field"] == "body"
     documented = client_data.get("/openapi.json").json()["paths"]["/generate"]["post"]["responses"]
     assert "422" in documented
+
+
+# ---- defect 12: a key sees and acts only on its own jobs; admin keys on all -------------------------
+
+
+def test_a_key_sees_and_acts_only_on_its_own_jobs(tmp_path: Path) -> None:
+    """Defect 12: any API key could list, read, download and cancel any other key's jobs."""
+    import json
+
+    from service.access import key_id
+
+    alice, bob, ops = ({"X-API-Key": key} for key in ("alice-key", "bob-key", "ops-key"))
+    keys = "alice-key, bob-key, admin:ops-key"
+    with TestClient(create_app(gateway_settings(tmp_path / "data", api_keys=keys))) as client:
+        created = client.post("/generate", json={"count": 2, "shard_size": 1, "seed": 1}, headers=alice)
+        assert created.status_code == 202, created.text
+        job = created.json()
+        status = wait_for_job(lambda: client.get(job["url"], headers=alice).json())
+        assert status["state"] == "succeeded"
+        base = f"/v1/jobs/{job['id']}"
+        for method, path in [("get", base), ("get", f"{base}/manifest"), ("get", f"{base}/shards"),
+                             ("get", f"{base}/shards/0"), ("delete", base),
+                             ("post", f"{base}/resume")]:  # fmt: skip
+            response = getattr(client, method)(path, headers=bob)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+        assert client.get("/v1/jobs", headers=bob).json()["jobs"] == []
+        assert [j["id"] for j in client.get("/v1/jobs", headers=alice).json()["jobs"]] == [job["id"]]
+        assert [j["id"] for j in client.get("/v1/jobs", headers=ops).json()["jobs"]] == [job["id"]]
+        assert client.get(f"{base}/shards/0", headers=ops).status_code == 200
+        assert client.get(f"{base}/shards/0", headers=alice).status_code == 200
+    recorded = (Path(status["location"]) / "job.json").read_text()
+    assert json.loads(recorded)["owner"] == key_id("alice-key") and "alice-key" not in recorded
+    with TestClient(create_app(gateway_settings(tmp_path / "data", api_keys=keys))) as client:
+        assert client.get(base, headers=bob).status_code == 404  # also for jobs read back from storage
+        assert client.get(base, headers=alice).json()["state"] == "succeeded"

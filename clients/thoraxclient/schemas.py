@@ -94,6 +94,9 @@ class JobSpec(_Strict):
         default=None, description="labels sampled from the prior, these fixed"
     )
     created: datetime
+    owner: str | None = Field(
+        default=None, description="the id of the API key that submitted it (a hash, never the key)"
+    )
 
     @property
     def shards_total(self) -> int:
