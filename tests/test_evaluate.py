@@ -291,6 +291,17 @@ def test_the_quick_check_on_a_runs_generator_folder_judges_against_its_cohort(
     )
 
 
+def test_the_command_takes_a_stored_model_or_a_generator_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from thorax import cli
+
+    assert cli.main(["evaluate", "tiny/1", "--generator", str(tmp_path)]) == 2
+    assert "give a stored model or --generator DIR, not both" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--generator", str(tmp_path), "--checks", "sweep,collapse"]) == 2
+    assert "not a generator folder" in capsys.readouterr().err
+
+
 def test_the_command_knows_the_same_checks() -> None:
     from thorax import cli
 
