@@ -351,7 +351,8 @@ def test_the_data_folder_of_the_base_table_is_found_by_default(gateway_url, data
                              comorbidity="none", client=client, progress=False)  # fmt: skip
     assert card.synthetic_images == 2
     dataset = SyntheticDataset(tmp_path / "ds", include_real=True)
-    assert dataset.real_root == data_dir / "images" and dataset.real_images == card.real_images
+    assert dataset.real_root.resolve() == (data_dir / "images").resolve()  # the card records a resolved path
+    assert dataset.real_images == card.real_images
     assert len(dataset) == card.real_images + card.synthetic_images
     assert dataset[0][0].shape == dataset[len(dataset) - 1][0].shape == (16, 16)
 
