@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
-from service import problems
+from service import deps, problems
 from service.catalog import Catalog
 from service.jobs import JobManager
 from service.metrics import Metrics
@@ -22,6 +24,26 @@ from service.settings import Settings
 from service.storage import open_storage
 
 log = logging.getLogger("thorax.gateway")
+
+
+def docs_router() -> APIRouter:
+    """`/openapi.json`, `/docs` and `/redoc`. With `THORAX_API_KEYS` set they need a key like every route
+    but the probes (the browser pages then fail to load the schema: read it with a key instead)."""
+    router = APIRouter(dependencies=[Depends(deps.require_api_key)], include_in_schema=False)
+
+    @router.get("/openapi.json")
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(request.app.openapi())
+
+    @router.get("/docs")
+    async def swagger(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - Swagger UI")
+
+    @router.get("/redoc")
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{request.app.title} - ReDoc")
+
+    return router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,6 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Synthetic chest radiographs as WebDataset shards in S3-compatible storage",
         lifespan=lifespan,
+        docs_url=None,  # served by `docs_router` below, behind the API keys like every other route
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings, app.state.catalog, app.state.storage = settings, catalog, storage
     app.state.metrics, app.state.jobs, app.state.storage_probe = metrics, manager, probe
@@ -55,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(docs_router())
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):

@@ -278,7 +278,7 @@ def test_readyz_never_creates_the_bucket(tmp_path: Path, request: pytest.Fixture
         s3.remove_bucket(bucket_name=settings.s3_bucket)
         for _ in range(3):
             response = client.get("/readyz")
-            assert response.status_code == 503 and "does not exist" in response.json()["detail"]
+            assert response.status_code == 503 and "storage" in response.json()["detail"]
         assert not s3.bucket_exists(bucket_name=settings.s3_bucket)
 
 
@@ -537,3 +537,24 @@ def test_a_key_sees_and_acts_only_on_its_own_jobs(tmp_path: Path) -> None:
     with TestClient(create_app(gateway_settings(tmp_path / "data", api_keys=keys))) as client:
         assert client.get(base, headers=bob).status_code == 404  # also for jobs read back from storage
         assert client.get(base, headers=alice).json()["state"] == "succeeded"
+
+
+# ---- defect 13: the docs are behind the keys, as the README says; unauthenticated answers name nothing --
+
+
+def test_docs_need_a_key_and_unauthenticated_answers_show_no_internals(tmp_path: Path) -> None:
+    """Defect 13: with keys configured, /docs, /redoc and /openapi.json answered without one, against the
+    README ("every route but /healthz and /readyz needs a key"); /readyz showed the storage folder."""
+    data = tmp_path / "data"
+    with TestClient(create_app(gateway_settings(data, api_keys="k1"))) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            refused = client.get(path)
+            assert refused.status_code == 401, path
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert client.get(path, headers={"X-API-Key": "k1"}).status_code == 200, path
+        assert "paths" in client.get("/openapi.json", headers={"X-API-Key": "k1"}).json()
+        answers = [client.get(path) for path in ("/healthz", "/readyz", "/v1/jobs", "/nope", "/openapi.json")]
+    for answer in answers:
+        assert str(tmp_path) not in answer.text and "127.0.0.1" not in answer.text, answer.text
+    with TestClient(create_app(gateway_settings(data))) as client:  # no keys: open, as before
+        assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from thoraxclient.schemas import Problem
@@ -12,6 +14,7 @@ from service.problems import ApiProblem
 from service.storage import StorageError
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("thorax.gateway")
 
 
 # Both probes are `async def`: they run on the event loop and never wait for a request thread.
@@ -27,14 +30,17 @@ async def readyz(request: Request, catalog: deps.CatalogDep, storage: deps.Stora
     loaded = [m.ref for m in catalog.loaded()]
     if not loaded:
         raise ApiProblem(503, "Not ready", "no model is loaded")
+    # Unauthenticated: the answer names no folder, host or port; the log has the details.
     probe: StorageProbe = request.app.state.storage_probe
     try:
         await probe.check()
     except StorageError as exc:
-        raise ApiProblem(503, "Not ready", f"storage is not reachable: {exc}") from None
+        log.warning("readiness: storage %s is not reachable: %s", storage.location, exc)
+        raise ApiProblem(503, "Not ready", "storage is not reachable") from None
     except TimeoutError:
+        log.warning("readiness: storage %s did not answer within %g s", storage.location, probe.timeout_s)
         raise ApiProblem(503, "Not ready", f"storage did not answer within {probe.timeout_s:g} s") from None
-    return {"status": "ready", "models": loaded, "storage": storage.location}
+    return {"status": "ready", "models": loaded}
 
 
 @router.get("/metrics", dependencies=[Depends(deps.require_api_key)])
