@@ -119,10 +119,14 @@ def seaweedfs_ports() -> dict[str, int]:
 
 
 @contextmanager
-def seaweedfs(workdir: Path, ports: dict[str, int] | None = None, start_timeout: float = 60.0):
+def seaweedfs(
+    workdir: Path, ports: dict[str, int] | None = None, start_timeout: float = 60.0,
+    started: list[subprocess.Popen] | None = None,
+):  # fmt: skip
     """A SeaweedFS `weed mini` (master, volume, filer, S3) on loopback ports; yields the S3 endpoint as
     "127.0.0.1:PORT". Without configured identities it accepts any credentials. The same `workdir` and
-    `ports` start it again on the same data, as after an outage."""
+    `ports` start it again on the same data, as after an outage. `started`, when given, receives the
+    process (for fault tests that stop or kill it)."""
     bin_dir = Path(sys.executable).parent
     executable = shutil.which("weed", path=str(bin_dir)) or shutil.which("weed")
     if executable is None:
@@ -141,6 +145,8 @@ def seaweedfs(workdir: Path, ports: dict[str, int] | None = None, start_timeout:
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     endpoint = f"127.0.0.1:{s3}"
+    if started is not None:
+        started.append(proc)
     try:
         import urllib3
         from minio import Minio

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.gateway_helpers import samples, wait_for_job
+from tests.gateway_helpers import samples, wait_for_job, wait_until
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -558,3 +558,72 @@ def test_docs_need_a_key_and_unauthenticated_answers_show_no_internals(tmp_path:
         assert str(tmp_path) not in answer.text and "127.0.0.1" not in answer.text, answer.text
     with TestClient(create_app(gateway_settings(data))) as client:  # no keys: open, as before
         assert client.get("/docs").status_code == 200 and client.get("/openapi.json").status_code == 200
+
+
+# ---- keep proving it: storage stopped, then killed and restarted, mid-job ----------------------------
+
+
+@pytest.mark.slow
+def test_a_job_survives_storage_stopped_then_killed_and_restarted(tiny_store: Path, tmp_path: Path) -> None:
+    """Issue 12, "keep proving it": SeaweedFS is stopped (SIGSTOP, 10 s), then killed and started again on
+    the same data, while a gateway process runs a job. The job ends with exactly `count` images, and
+    /healthz answers throughout (bounded generously at 5 s a call, not measured)."""
+    import os
+    import signal
+    import threading
+
+    import httpx
+    from minio import Minio
+
+    from tests.servers import gateway, seaweedfs, seaweedfs_ports
+
+    ports, weed_dir, procs = seaweedfs_ports(), tmp_path / "weed", []
+    endpoint, bucket, count, shard_size = f"127.0.0.1:{ports['s3.port']}", "faults", 6000, 200
+    env = {"THORAX_MODEL_STORE": str(tiny_store), "THORAX_S3_ENDPOINT": endpoint, "THORAX_S3_BUCKET": bucket,
+           "THORAX_S3_ACCESS_KEY": "any", "THORAX_S3_SECRET_KEY": "anything", "THORAX_BATCH_SIZE": "2",
+           "THORAX_ONNX_THREADS": "1", "THORAX_STORAGE_RETRY_SECONDS": "300"}  # fmt: skip
+    health_failures: list[str] = []
+    done = threading.Event()
+
+    def watch_health(url: str) -> None:
+        while not done.is_set():
+            try:
+                if httpx.get(f"{url}/healthz", timeout=5).status_code != 200:
+                    health_failures.append("not 200")
+            except httpx.HTTPError as exc:
+                health_failures.append(repr(exc))
+            done.wait(0.2)
+
+    with seaweedfs(weed_dir, ports, started=procs):
+        with gateway(env, tmp_path / "gw") as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+            watcher = threading.Thread(target=watch_health, args=(url,), daemon=True)
+            watcher.start()
+            created = client.post("/generate", json={"count": count, "shard_size": shard_size, "seed": 5})
+            assert created.status_code == 202, created.text
+            job = created.json()
+            wait_until(lambda: client.get(job["url"]).json()["shards_done"] >= 1, 120, "a committed shard")
+            os.killpg(procs[0].pid, signal.SIGSTOP)
+            before = client.get(job["url"]).json()
+            assert before["state"] == "running", "the job finished before the fault; make it larger"
+            time.sleep(10)  # the stall itself, not an assertion
+            os.killpg(procs[0].pid, signal.SIGCONT)
+            os.killpg(procs[0].pid, signal.SIGKILL)
+            procs[0].wait(timeout=30)
+            with seaweedfs(weed_dir, ports):
+                status = wait_for_job(lambda: client.get(job["url"]).json(), 300)
+                s3 = Minio(endpoint=endpoint, access_key="any", secret_key="anything", secure=False)
+                base = status["location"].removeprefix(f"s3://{bucket}/").rstrip("/")
+                shards = []
+                for i in range(count // shard_size):
+                    response = s3.get_object(bucket_name=bucket, object_name=f"{base}/shard-{i:06d}.tar")
+                    try:
+                        shards.append(response.read())
+                    finally:
+                        response.close()
+                        response.release_conn()
+            done.set()
+            watcher.join(10)
+    assert status["state"] == "succeeded" and status["images_done"] == count, status
+    keys = [key for data in shards for key in samples([data])]
+    assert keys == [f"{i:09d}" for i in range(count)]
+    assert health_failures == []
