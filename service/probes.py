@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from service.storage import Storage
 
-PROBE_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 5.0  # inside the chart's readinessProbe timeoutSeconds (10), with room for a loaded machine
 
 
 class StorageProbe:

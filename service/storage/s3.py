@@ -75,7 +75,7 @@ class S3Storage:
             )
         # The readiness probe's own client: a stalled server costs it seconds, not minutes of retries.
         probe_http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=2.0, read=2.0), retries=urllib3.Retry(total=0), maxsize=1
+            timeout=urllib3.Timeout(connect=2.0, read=4.0), retries=urllib3.Retry(total=0), maxsize=1
         )
         self.probe_client = Minio(
             endpoint=settings.s3_endpoint,
