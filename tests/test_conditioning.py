@@ -166,3 +166,14 @@ def test_mode_seeking_term_is_large_for_copies_and_small_for_diverse_pairs() -> 
     raw = load_config("tiny").to_dict()
     with pytest.raises(UserError):
         config_from_dict({**raw, "diversity_weight": -1.0})
+
+
+def test_patient_weighting_gives_a_patient_of_many_images_the_weight_of_one() -> None:
+    labels = torch.zeros(6, 2)
+    labels[:, 0] = 1.0
+    patients = ["a", "a", "a", "a", "b", "c"]  # patient a has four images
+    w = label_row_weights(labels, 0.0, patients)
+    assert torch.allclose(w[:4].sum(), w[4]) and torch.allclose(w[4], w[5])
+    assert torch.isclose(w.sum(), torch.tensor(1.0))
+    both = label_row_weights(labels, 0.5, patients)
+    assert torch.allclose(both, w)  # one label everywhere: the rare-label factor is the same for all

@@ -66,6 +66,9 @@ class TrainConfig:
     # Label vectors (real and fake alike) are drawn with weight (1 / prevalence of the rarest label
     # present) ** rare_label_power: 0 = as in the data, 1 = every label about as often as any other.
     rare_label_power: float = 0.0
+    # Draw each image with weight 1 / (images of its patient), so that a patient with many follow-up
+    # images counts as one (nih64/1 learned the look of one patient with 61 training images).
+    patient_weighting: bool = False
     # Train on one cohort only: patients whose id starts with one of these (e.g. ["nih_"] for NIH's
     # adults); empty = every patient. `cohort` names it in the model card.
     patient_prefixes: tuple[str, ...] = ()

@@ -305,6 +305,8 @@ def conditioning_summary(cfg) -> str:
         parts.append(f"augmentation of the critic's inputs (p {cfg.augment_p:g})")
     if cfg.diversity_weight:
         parts.append(f"mode-seeking term against collapse (weight {cfg.diversity_weight:g})")
+    if cfg.patient_weighting:
+        parts.append("each image drawn with weight 1 / (images of its patient)")
     if cfg.rare_label_power:
         parts.append(f"label vectors drawn with weight prevalence^-{cfg.rare_label_power:g}")
     return "; ".join(parts)

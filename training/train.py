@@ -55,12 +55,24 @@ def make_discriminator(cfg: TrainConfig) -> Discriminator:
     return Discriminator(cfg.resolution, len(cfg.label_names), cfg.channels, cfg.mbstd_group, cfg.projection)
 
 
-def label_row_weights(labels: torch.Tensor, power: float) -> torch.Tensor | None:
-    """Sampling weight of each label vector: (1 / prevalence of its rarest positive label) ** power.
+def label_row_weights(
+    labels: torch.Tensor, power: float, patient_ids: list[str] | None = None
+) -> torch.Tensor | None:
+    """Sampling weight of each label vector: (1 / prevalence of its rarest positive label) ** power,
+    divided by the number of images of the row's patient when `patient_ids` are given.
 
-    Rows with no positive label count as the "no finding" class with its own prevalence. None when
-    `power` is 0 (draw rows uniformly, as in the data).
+    Rows with no positive label count as the "no finding" class with its own prevalence. Per-patient
+    weighting gives a patient with 61 follow-up images the weight of one, so that the generator does
+    not learn one person's look. None when neither applies (draw rows uniformly, as in the data).
     """
+    if patient_ids is not None:
+        counts: dict[str, int] = {}
+        for pid in patient_ids:
+            counts[pid] = counts.get(pid, 0) + 1
+        per_patient = torch.tensor([1.0 / counts[pid] for pid in patient_ids])
+        base = label_row_weights(labels, power) if power > 0 else torch.ones(len(labels))
+        weights = base * per_patient
+        return weights / weights.sum()
     if power <= 0:
         return None
     positive = labels > 0.5  # [N, L]
@@ -138,7 +150,9 @@ class Trainer:
             opts.limit_images,
             cfg.patient_prefixes,
         )
-        self.row_weights = label_row_weights(self.data.labels, cfg.rare_label_power)
+        self.row_weights = label_row_weights(
+            self.data.labels, cfg.rare_label_power, self.data.patient_ids if cfg.patient_weighting else None
+        )
         torch.manual_seed(cfg.seed)  # network initialisation only; the run's own stream is `self.rng`
         self.G = make_generator(cfg).to(self.device)
         self.D = make_discriminator(cfg).to(self.device)
