@@ -201,8 +201,10 @@ class JobManager:
             with self.lock:
                 if spec.job_id in self.jobs:
                     continue
-                job = _job_of(spec, folder)
-                self.jobs[spec.job_id] = job
+            # The job is published only once its state is known: a lookup during the scan must never
+            # see a finished or broken job as "queued".
+            job = _job_of(spec, folder)
+            resume = False
             if MANIFEST in names:
                 try:
                     data = self.storage.get_bytes(f"{folder}/{MANIFEST}") or b""
@@ -214,14 +216,13 @@ class JobManager:
                         f"its {MANIFEST} in storage is unreadable ({type(exc).__name__}); POST "
                         f"{job.id}/resume checks its shards and writes the manifest again"
                     )
-                    continue
-                job.committed = {i: s for i, s in enumerate(manifest.shards)}
-                job.state = "succeeded"
+                else:
+                    job.committed = {i: s for i, s in enumerate(manifest.shards)}
+                    job.state = "succeeded"
             elif CANCELLED in names:
                 job.state = "cancelled"
             elif self.settings.resume_on_start:
-                log.info("resuming job %s", job.id)
-                self.queue.put(job)
+                resume = True
             else:  # unfinished, and nobody runs it: not active, so that it blocks no new job
                 job.state = "failed"
                 job.error = (
@@ -229,6 +230,13 @@ class JobManager:
                     f"{spec.shards_total} shards; POST {job.id}/resume (or `thorax generate --resume`) "
                     "finishes it"
                 )
+            with self.lock:
+                if spec.job_id in self.jobs:  # submitted or resumed meanwhile
+                    continue
+                self.jobs[spec.job_id] = job
+            if resume:
+                log.info("resuming job %s", job.id)
+                self.queue.put(job)
 
     # ---- requests ---------------------------------------------------------------------------------
 

@@ -307,6 +307,31 @@ def test_a_corrupt_manifest_fails_its_job_and_the_scan_goes_on(tmp_path: Path) -
         assert client.get(f"/v1/jobs/{broken['id']}/manifest").json()["images"] == 4
 
 
+def test_a_lookup_during_the_start_up_scan_never_sees_a_finished_job_as_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan published each job before reading its manifest, so a lookup in between saw a
+    succeeded (or broken) job as "queued" (seen once in CI as a failure of the test above)."""
+    from service.storage.local import LocalStorage
+
+    data = tmp_path / "data"
+    body = {"count": 2, "shard_size": 2, "seed": 8}
+    with TestClient(create_app(gateway_settings(data))) as client:
+        done = submit_and_wait(client, body)
+    read = LocalStorage.get_bytes
+
+    def slow_manifest(self: LocalStorage, key: str) -> bytes | None:
+        if key.endswith("manifest.json"):
+            time.sleep(1.0)  # the scan is between publishing the job and knowing its state
+        return read(self, key)
+
+    monkeypatch.setattr(LocalStorage, "get_bytes", slow_manifest)
+    with TestClient(create_app(gateway_settings(data))) as client:
+        status = client.get(done["url"])
+        assert status.status_code == 200, status.text
+        assert status.json()["state"] == "succeeded"
+
+
 # ---- defect 10: listing jobs with storage unreachable -------------------------------------------------
 
 
