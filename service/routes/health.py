@@ -43,7 +43,13 @@ async def readyz(request: Request, catalog: deps.CatalogDep, storage: deps.Stora
     return {"status": "ready", "models": loaded}
 
 
-@router.get("/metrics", dependencies=[Depends(deps.require_api_key)])
+# Prometheus text, documented as such (the default would claim application/json).
+@router.get(
+    "/metrics",
+    dependencies=[Depends(deps.require_api_key)],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
+)
 def metrics(jobs: deps.JobsDep, m: deps.MetricsDep) -> Response:
     counts = jobs.counts()
     for state, n in counts.items():

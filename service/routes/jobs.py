@@ -94,7 +94,15 @@ def list_shards(job_id: str, request: Request, jobs: deps.JobsDep, caller: deps.
     )
 
 
-@router.get("/v1/jobs/{job_id}/shards/{shard_index}", responses=_ERRORS, name="get_shard")
+@router.get(
+    "/v1/jobs/{job_id}/shards/{shard_index}",
+    responses={
+        200: {"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
+        **_ERRORS,
+    },
+    response_class=StreamingResponse,
+    name="get_shard",
+)
 def get_shard(job_id: str, shard_index: int, jobs: deps.JobsDep, caller: deps.CallerDep) -> StreamingResponse:
     """A committed shard's bytes (a WebDataset tar), streamed from storage."""
     entry, chunks = jobs.shard_stream(job_id, shard_index, caller)
