@@ -39,5 +39,6 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(tiny_store: P
             "--generation-deterministic", "--workers", "1", "--header", f"Authorization: Bearer {KEY}",
             "--request-timeout", "30", "--no-color",
         ]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        # run in tmp_path: schemathesis keeps its replay data in ./.schemathesis
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-12000:] + done.stderr[-3000:]
