@@ -317,6 +317,26 @@ def _mean_of(table: dict) -> float:
     return round(float(np.mean(aucs)), 4) if aucs else math.nan
 
 
+def compare_aucs(
+    names: list[str], targets: np.ndarray, real_scores: np.ndarray, fake_scores: np.ndarray, opts: EvalOptions
+) -> dict:
+    """Per-label AUC of a real-trained and a synthetic-trained classifier on the same real images, their
+    ratio over the labels both can be scored on, and the means."""
+    real_auc = per_label_auc(names, targets, real_scores, opts)
+    fake_auc = per_label_auc(names, targets, fake_scores, opts)
+    reported = [n for n in names if "auc" in real_auc[n] and "auc" in fake_auc[n]]
+    ratio = {n: round(fake_auc[n]["auc"] / real_auc[n]["auc"], 4) for n in reported}
+    return {
+        "real_trained": real_auc,
+        "synthetic_trained": fake_auc,
+        "ratio_synthetic_over_real": ratio,
+        "mean_auc_real_trained": _mean_of(real_auc),
+        "mean_auc_synthetic_trained": _mean_of(fake_auc),
+        "mean_ratio": round(float(np.mean(list(ratio.values()))), 4) if ratio else math.nan,
+        "labels_reported": reported,
+    }
+
+
 def train_on_synthetic(
     names: list[str],
     real: clf.TrainResult,
@@ -333,11 +353,15 @@ def train_on_synthetic(
     fake = clf.train_classifier(
         synthetic, train_labels, val.images_at(px), val.labels, opts.classifier, opts.epochs, seed=opts.seed
     )
-    test_targets = test.labels.numpy()
-    real_auc = per_label_auc(names, test_targets, clf.predict(real.model, test.images_at(px)), opts)
-    fake_auc = per_label_auc(names, test_targets, clf.predict(fake.model, test.images_at(px)), opts)
-    reported = [n for n in names if "auc" in real_auc[n]]
-    ratio = {n: round(fake_auc[n]["auc"] / real_auc[n]["auc"], 4) for n in reported}
+    test_images = test.images_at(px)
+    compared = compare_aucs(
+        names,
+        test.labels.numpy(),
+        clf.predict(real.model, test_images),
+        clf.predict(fake.model, test_images),
+        opts,
+    )
+    real_auc = compared["real_trained"]
     result = {
         "classifier": opts.classifier,
         "input_px": px,
@@ -345,13 +369,7 @@ def train_on_synthetic(
         "train_images": len(synthetic),  # as many as the real training images, one per label vector
         "test_images": len(test),
         "bootstrap_resamples": opts.bootstrap,
-        "real_trained": real_auc,
-        "synthetic_trained": fake_auc,
-        "ratio_synthetic_over_real": ratio,
-        "mean_auc_real_trained": _mean_of(real_auc),
-        "mean_auc_synthetic_trained": _mean_of(fake_auc),
-        "mean_ratio": round(float(np.mean(list(ratio.values()))), 4) if ratio else math.nan,
-        "labels_reported": reported,
+        **compared,
         "labels_with_too_few_test_positives": {
             n: v["too_few_positives"] for n, v in real_auc.items() if "too_few_positives" in v
         },
@@ -532,19 +550,9 @@ def per_site(
         on_test, on_train = test_sites == site, train_sites == site
         entry: dict = {"test_images": int(on_test.sum()), "train_images": int(on_train.sum())}
         if on_test.any():
-            real_auc = per_label_auc(names, test_targets[on_test], real_scores[on_test], opts)
-            fake_auc = per_label_auc(names, test_targets[on_test], fake_scores[on_test], opts)
-            reported = [n for n in names if "auc" in real_auc[n] and "auc" in fake_auc[n]]
-            ratio = {n: round(fake_auc[n]["auc"] / real_auc[n]["auc"], 4) for n in reported}
-            entry["train_on_synthetic_test_on_real"] = {
-                "real_trained": real_auc,
-                "synthetic_trained": fake_auc,
-                "ratio_synthetic_over_real": ratio,
-                "mean_auc_real_trained": _mean_of(real_auc),
-                "mean_auc_synthetic_trained": _mean_of(fake_auc),
-                "mean_ratio": round(float(np.mean(list(ratio.values()))), 4) if ratio else math.nan,
-                "labels_reported": reported,
-            }
+            entry["train_on_synthetic_test_on_real"] = compare_aucs(
+                names, test_targets[on_test], real_scores[on_test], fake_scores[on_test], opts
+            )
         if on_train.any():
             table = per_label_auc(
                 names, conditions[on_train], fidelity_scores[on_train], opts, with_interval=False
