@@ -47,6 +47,18 @@ class _ChunkReader(io.RawIOBase):
         return data[:size]
 
 
+def _client(settings: Settings, http: urllib3.PoolManager) -> Minio:
+    """A client of the gateway's own S3 endpoint over the given connection pool."""
+    return Minio(
+        endpoint=settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+        http_client=http,
+    )
+
+
 class S3Storage:
     def __init__(self, settings: Settings) -> None:
         http = urllib3.PoolManager(
@@ -54,14 +66,7 @@ class S3Storage:
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
             maxsize=8,
         )
-        self.client = Minio(
-            endpoint=settings.s3_endpoint,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key,
-            secure=settings.s3_secure,
-            region=settings.s3_region,
-            http_client=http,
-        )
+        self.client = _client(settings, http)
         # Presigning is local arithmetic once the region is known; the public endpoint need not be
         # reachable from the gateway, so its client is given a region instead of asking the server.
         self.signer = self.client
@@ -77,14 +82,7 @@ class S3Storage:
         probe_http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=2.0, read=4.0), retries=urllib3.Retry(total=0), maxsize=1
         )
-        self.probe_client = Minio(
-            endpoint=settings.s3_endpoint,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key,
-            secure=settings.s3_secure,
-            region=settings.s3_region,
-            http_client=probe_http,
-        )
+        self.probe_client = _client(settings, probe_http)
         self.bucket = settings.s3_bucket
         self.part_size = settings.s3_part_size
         self.location = f"s3://{self.bucket}"
