@@ -30,6 +30,7 @@ from training.evaluate import (
     controllability,
     evaluate_model,
     memorisation,
+    real_score_gap,
     real_spread,
     real_trained_classifier,
     similarity_index,
@@ -372,3 +373,17 @@ def test_both_classifier_architectures_train_and_give_features(small_splits) -> 
         scores = clf.predict(result.model, images)
         assert scores.shape == (32, 14) and ((scores >= 0) & (scores <= 1)).all()
         assert clf.features(result.model, images).shape == (32, dim)
+
+
+def test_the_real_reference_of_the_sweep_is_the_score_gap_between_images_with_and_without_a_label() -> None:
+    names = ["Effusion", "Mass"]
+    images = torch.tensor([0.3, 0.3, -0.3, -0.3, -0.3]).view(-1, 1, 1, 1).expand(-1, 1, 8, 8)
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    found = real_score_gap(names, _Brightness(len(names)), images, labels)
+    brighter, darker = torch.sigmoid(torch.tensor(3.0)).item(), torch.sigmoid(torch.tensor(-3.0)).item()
+    effusion = found["labels"]["Effusion"]
+    assert effusion["positives"] == 2 and effusion["gap"] == round(brighter - darker, 4)
+    mass = found["labels"]["Mass"]  # no image has it: every image is a negative, and there is no gap
+    everyone = round((2 * brighter + 3 * darker) / 5, 4)
+    assert mass == {"positives": 0, "positive_mean": None, "negative_mean": everyone, "gap": None}
+    assert (found["labels_reaching_rise"], found["reaching"], found["images"]) == (1, ["Effusion"], 5)

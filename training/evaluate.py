@@ -427,6 +427,29 @@ def controllability(
     }
 
 
+@torch.no_grad()
+def real_score_gap(
+    names: list[str], model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> dict:
+    """The sweep's yardstick on real images: per label, the classifier's mean score on held-out real
+    images with the label, without it, and the difference. A generator whose label draws the disease as
+    clearly as real radiographs show it moves the score by about this much; a label whose real gap is
+    under the sweep's rise threshold cannot reach it by resemblance alone."""
+    scores, targets = clf.predict(model, images), labels.numpy() >= 0.5
+    out = {}
+    for j, name in enumerate(names):
+        pos, neg = scores[targets[:, j], j], scores[~targets[:, j], j]
+        gap = float(pos.mean() - neg.mean()) if len(pos) and len(neg) else None
+        out[name] = {
+            "positives": int(len(pos)),
+            "positive_mean": round(float(pos.mean()), 4) if len(pos) else None,
+            "negative_mean": round(float(neg.mean()), 4) if len(neg) else None,
+            "gap": None if gap is None else round(gap, 4),
+        }
+    reaching = [n for n, v in out.items() if v["gap"] is not None and v["gap"] >= SWEEP_RISE]
+    return {"images": len(images), "labels": out, "labels_reaching_rise": len(reaching), "reaching": reaching}
+
+
 def _label_rows(labels: np.ndarray, index: int) -> np.ndarray:
     """Rows with label `index` (>= 0.5); index -1 is no finding: rows with no label at all."""
     positive = labels >= 0.5
@@ -907,6 +930,17 @@ def cohort_spread(data: CohortData, model: torch.nn.Module, px: int, cache_file:
     return spread
 
 
+def cohort_score_gap(data: CohortData, model: torch.nn.Module, px: int, cache_file: str | None) -> dict:
+    """`real_score_gap` on the cohort's test split, kept beside the cached classifier."""
+    if cache_file and (found := classifier_cache.load_extra(Path(cache_file), "sweep_real_gap")):
+        return found
+    test = data.split("test")
+    gap = real_score_gap(list(data.label_names), model, test.images_at(px), test.labels)
+    if cache_file:
+        classifier_cache.save_extra(Path(cache_file), "sweep_real_gap", gap)
+    return gap
+
+
 # ---- the command -------------------------------------------------------------------------------
 def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
     """The card's `evaluation` section: the headline figures, the rest in evaluation.json."""
@@ -997,8 +1031,17 @@ def _print_sweep(sweep: dict, progress: Callable[[str], None]) -> None:
         f"sweep: {sweep['labels_rising']} of {len(sweep['labels'])} labels rise by >= {SWEEP_RISE}, "
         f"{sweep['labels_falling']} fall; median change {sweep['median_score_change']:+.4f}"
     )
+    reference = sweep.get("real_reference", {}).get("labels", {})
+    if reference:
+        progress(
+            f"  (real test images: {sweep['real_reference']['labels_reaching_rise']} of {len(reference)} "
+            f"labels score >= {SWEEP_RISE} higher with the label than without; the gap is on the right)"
+        )
     for name, v in sweep["labels"].items():
-        progress(f"  {name:20s} {v['score_at_0']:.4f} -> {v['score_at_1']:.4f}  {v['score_change']:+.4f}")
+        gap = reference.get(name, {}).get("gap")
+        real = "" if gap is None else f"   real gap {gap:+.4f} ({reference[name]['positives']} positives)"
+        change = f"{v['score_at_0']:.4f} -> {v['score_at_1']:.4f}  {v['score_change']:+.4f}"
+        progress(f"  {name:20s} {change}{real}")
 
 
 def _print_collapse(found: dict, progress: Callable[[str], None]) -> None:
@@ -1095,6 +1138,9 @@ def evaluate_model(
     if "sweep" in checks:
         t0 = time.perf_counter()
         evaluation["controllability"] = controllability(generate, G.latent_dim, names, real.model, px, opts)
+        evaluation["controllability"]["real_reference"] = cohort_score_gap(
+            data, real.model, px, evaluation["real_classifier"]["file"]
+        )
         timings["sweep_s"] = time.perf_counter() - t0
         _print_sweep(evaluation["controllability"], progress)
     if "collapse" in checks:
