@@ -85,7 +85,16 @@ class Job:
 
     @property
     def images_done(self) -> int:
+        """Images in committed shards: in storage, readable."""
         return sum(entry.images for entry in list(self.committed.values()))  # list(): the job thread adds
+
+    @property
+    def images_made(self) -> int:
+        """Images through the encoder: those in committed shards and, while the job runs, those in the
+        shards still being written (a shard of 1000 images commits only when it is whole)."""
+        if self.state != "running":
+            return self.images_done  # a stopped job's unfinished shard is lost and made again
+        return max(self.images_done, self.images_at_start + self.images_encoded)
 
     def key(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -104,6 +113,7 @@ class Job:
             state=self.state,
             model=f"{self.spec.model_name}/{self.spec.model_version}",
             count=self.spec.count,
+            images_made=self.images_made,
             images_done=done,
             shards_done=len(self.committed),
             shards_total=self.spec.shards_total,
@@ -442,6 +452,7 @@ class JobManager:
             try:
                 spec = self._whole_spec(job)  # its label rows, for this run only
                 self._find_committed(job, spec)
+                job.images_at_start = job.images_done  # the shards found in storage; the rest is made now
                 self._produce(job, spec, model)
                 self._write_manifest(job, spec)
                 job.state = "succeeded"

@@ -303,8 +303,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             if time.monotonic() - last >= args.progress_every:
                 last = time.monotonic()
                 for job in jobs:
-                    made = max(job.images_done, job.images_at_start + job.images_encoded)
-                    done = f"{made}/{job.spec.count} images made, {job.images_done} in shards"
+                    done = f"{job.images_made}/{job.spec.count} images made, {job.images_done} in shards"
                     print(f"  {job.id[:8]} {job.state}: {done}")
         failed = [j for j in jobs if j.state != "succeeded"]
         for job in jobs:

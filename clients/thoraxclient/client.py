@@ -90,6 +90,14 @@ def progress_bar(total: int, enabled: bool, description: str, unit: str = "img",
     return tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, **options)
 
 
+def _show_job_progress(bar, status: JobStatus) -> None:
+    """The bar at the images made (encoded), its text after it the images committed in shards: a shard
+    commits only when whole, so the second figure moves in steps of the shard size."""
+    made = status.images_done if status.images_made is None else status.images_made
+    bar.update(made - bar.n)
+    bar.set_postfix_str(f"{status.images_done} in shards ({status.shards_done}/{status.shards_total})")
+
+
 def _verify(entry: ShardEntry, data: bytes) -> None:
     if hashlib.sha256(data).hexdigest() != entry.sha256:
         raise IntegrityError(f"{entry.name}: SHA-256 differs from the manifest's {entry.sha256}")
@@ -216,7 +224,7 @@ class Client(_Base):
         try:
             while True:
                 if bar is not None:
-                    bar.update(status.images_done - bar.n)
+                    _show_job_progress(bar, status)
                 if status.state in TERMINAL_STATES:
                     break
                 if deadline is not None and time.monotonic() > deadline:
@@ -383,7 +391,7 @@ class AsyncClient(_Base):
         try:
             while True:
                 if bar is not None:
-                    bar.update(status.images_done - bar.n)
+                    _show_job_progress(bar, status)
                 if status.state in TERMINAL_STATES:
                     break
                 if deadline is not None and time.monotonic() > deadline:

@@ -109,7 +109,14 @@ class JobStatus(_Strict):
     state: JobState
     model: str = Field(description="NAME/VERSION")
     count: int
-    images_done: int
+    images_made: int | None = Field(
+        default=None,
+        description=(
+            "images through the encoder, in committed shards or in the shards still being written "
+            "(absent from gateways before it was added)"
+        ),
+    )
+    images_done: int = Field(description="images in committed shards: in storage and readable")
     shards_done: int
     shards_total: int
     images_per_second: float | None = None
