@@ -4,7 +4,7 @@
     thorax train   --config cxr64 --data ../shared/data/cxr256 --run-dir runs/cxr64
     thorax sample  [--model cxr64] --count 16 --label Cardiomegaly=1 --out thorax-samples
     thorax export  runs/cxr64 --name cxr64 --version 1 [--default]
-    thorax models  list | show NAME[/VERSION] | verify [NAME[/VERSION]]
+    thorax models  list | show NAME[/VERSION] [--json] | verify [NAME[/VERSION]]
     thorax configs
     thorax serve   [--host 127.0.0.1] [--port 8000]      the gateway; settings from THORAX_ variables
     thorax dataset build OUT --rebalance Cardiomegaly=10000 [--base labels.csv] [--model site-a=2 ...]
@@ -23,7 +23,50 @@ from thorax.errors import UserError
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cxr256"
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default in ([], "") or default is argparse.SUPPRESS:
+            return text
+        if "default" in text or not (action.option_strings or action.nargs == "?"):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _label_names() -> tuple[str, tuple[str, ...]]:
+    """Whose label names they are, and the names: the default model's card, else the NIH labels that the
+    shipped models use (a store without a readable default model still gets its help)."""
+    from thorax.labels import NIH_LABELS
+    from thorax.store import find_model
+
+    try:
+        model = find_model(None)
+        return f"the default model ({model.ref})", tuple(model.card()["labels"]["names"])
+    except (UserError, OSError, KeyError, ValueError):
+        return "the NIH ChestX-ray14 set", NIH_LABELS
+
+
 class _Parser(argparse.ArgumentParser):
+    """One-line errors; defaults in the help; with `lists_labels`, the label names after the options
+    (read from the model card only when the help is shown)."""
+
+    def __init__(self, *args, lists_labels: bool = False, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.lists_labels = lists_labels
+
+    def format_help(self) -> str:
+        if self.lists_labels:
+            whose, names = _label_names()
+            self.epilog = (
+                f"labels of {whose}, in any case, spaces for underscores: {', '.join(names)}. "
+                "Another model's: thorax models show NAME."
+            )
+        return super().format_help()
+
     def error(self, message: str) -> None:  # one line, not argparse's usage block
         command = self.prog.split()[-1]
         raise UserError(message if command == "thorax" else f"{command}: {message}")
@@ -156,11 +199,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     from thorax.store import default_ref, find_model, list_models, open_model, verify
 
+    if args.json and args.action != "show":
+        raise UserError(f"models: --json goes with show, not {args.action}")
+    try:
+        default = default_ref()
+    except UserError:
+        default = None  # a store without a default still lists and shows its models
     if args.action == "list":
-        try:
-            default = default_ref()
-        except UserError:
-            default = None
         for model in list_models():
             card = model.card()
             mark = "*" if model.ref == default else " "
@@ -171,9 +216,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.action == "show":
         from thoraxclient.model_card import ModelCard
 
+        from thorax.cards import summary
+
         model = open_model(args.ref)
-        card = ModelCard.model_validate(model.card())
-        print(json.dumps(card.model_dump(mode="json"), indent=1))
+        card = ModelCard.model_validate(model.card()).model_dump(mode="json")
+        if args.json:
+            print(json.dumps(card, indent=1))
+        else:
+            print(summary(card, is_default=model.ref == default))
         return 0
     models = [find_model(args.ref)] if args.ref else list_models()
     for model in models:
@@ -398,21 +448,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default=str(DEFAULT_DATA), help="folder with labels.csv (or Data_Entry_2017) and PNGs"
     )
     p.add_argument("--run-dir", help="run folder (default runs/<config>); resumes when it has a checkpoint")
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
+                   help="where to train; auto takes CUDA when there is a GPU")  # fmt: skip
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast; the penalty stays fp32 (default: the config's)")  # fmt: skip
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory layout (default: the config's)")  # fmt: skip
     p.add_argument("--stop-kimg", type=float, help="stop with a checkpoint after this many kimg in total")
     p.add_argument("--limit-images", type=_positive_int, help="train on the first N images only (trials)")
     p.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("sample", help="generate radiographs from a trained generator into PNG files")
+    p = sub.add_parser(
+        "sample", help="generate radiographs from a trained generator into PNG files", lists_labels=True
+    )
     p.add_argument(
         "--model",
         help="name[/version] in the model store, or a generator folder (default: the default model)",
     )
-    p.add_argument("--count", type=_positive_int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=_positive_int, default=16, help="images")
+    p.add_argument("--seed", type=int, default=0, help="image i of seed s has the same latent in every run")
     p.add_argument(
         "--label",
         type=_label_value,
@@ -422,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a pathology to draw, e.g. Cardiomegaly or Effusion=0.5 (repeatable; others are 0)",
     )
     p.add_argument("--out", default="thorax-samples", help="output folder")
-    p.add_argument("--batch", type=_positive_int, default=32)
+    p.add_argument("--batch", type=_positive_int, default=32,
+                   help="images per forward pass (any gives the same bytes)")  # fmt: skip
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
@@ -439,10 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="list, show or verify the models in the store")
-    p.add_argument("action", choices=["list", "show", "verify"])
+    p.add_argument("action", choices=["list", "show", "verify"],
+                   help="list: a line per model; show: a summary of a model's card; verify: its "
+                   "checksums")  # fmt: skip
     p.add_argument(
         "ref", nargs="?", help="NAME or NAME/VERSION (default: the default model for show, all for verify)"
     )
+    p.add_argument("--json", action="store_true", help="show: the whole card as JSON")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("evaluate", help="the paper's checks of a stored model, into its folder and card")
@@ -456,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--store", help="model store folder (default: the repository's model_store/)")
     p.add_argument("--count", type=_positive_int, default=1000, help="generated images to check for copies")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     p.add_argument(
         "--checks", type=_check_list, default=list(CHECKS), metavar="LIST",
         help=f"comma-separated, any of {','.join(CHECKS)} (default: all; classifier includes sweep and "
@@ -480,7 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_configs)
 
     p = sub.add_parser(
-        "generate", help="a batch job in this process: WebDataset shards of PNG or DICOM, and a manifest"
+        "generate",
+        help="a batch job in this process: WebDataset shards of PNG or DICOM, and a manifest",
+        lists_labels=True,
     )
     p.add_argument("--count", type=_positive_int, default=100, help="images")
     p.add_argument("--label", type=_label_value, action="append", default=[], metavar="NAME[=VALUE]",
@@ -488,11 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", action="store_true",
                    help="the other labels per image from the model card's training-set patterns")  # fmt: skip
     p.add_argument("--model", help="NAME[/VERSION] (default: the store's default model)")
-    p.add_argument("--resolution", type=_positive_int, help="pixels per side (the model's, or lower)")
+    p.add_argument("--resolution", type=_positive_int,
+                   help="pixels per side, the model's or lower (default: the model's)")  # fmt: skip
     p.add_argument("--seed", type=int, help="chosen, recorded and printed if omitted")
-    p.add_argument("--format", choices=["png", "dicom"], default="png")
+    p.add_argument("--format", choices=["png", "dicom"], default="png", help="image encoding in the shards")
     p.add_argument("--shard-size", type=_positive_int, default=1000, help="images per tar shard")
-    p.add_argument("--prefix", default="", help="folder under the storage root")
+    p.add_argument("--prefix", default="", help="folder under the storage root (default: the root)")
     p.add_argument("--out", help="local folder (default THORAX_STORAGE_DIR, thorax-data); ignored with S3")
     p.add_argument("--resume", action="store_true", help="finish the unfinished jobs in --out; submit none")
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
@@ -500,13 +562,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the gateway (POST /generate -> shards in a folder or S3)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's and the gateway's log level")  # fmt: skip
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("dataset", help="datasets from the gateway: rebalanced, pooled from several sites")
     dataset_sub = p.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser)
-    p = dataset_sub.add_parser("build", help="top a dataset up to per-label counts with synthetic images")
+    p = dataset_sub.add_parser(
+        "build", help="top a dataset up to per-label counts with synthetic images", lists_labels=True
+    )
     p.add_argument("out", help="output folder (the same call again resumes)")
     p.add_argument("--rebalance", type=_label_count, action="append", default=[], metavar="LABEL=COUNT",
                    help="images positive for LABEL the dataset must hold (repeatable)")  # fmt: skip
@@ -516,11 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="a real label table: thorax labels.csv or NIH Data_Entry_2017 layout")
     p.add_argument("--model", type=_model_weight, action="append", default=[], metavar="NAME[=WEIGHT]",
                    help="a generator to pool (repeatable; default: the gateway's default model)")  # fmt: skip
-    p.add_argument("--resolution", type=_positive_int)
-    p.add_argument("--format", choices=["png", "dicom"], default="png")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--comorbidity", choices=["prior", "none"], default="prior")
-    p.add_argument("--shard-size", type=_positive_int, default=1000)
+    p.add_argument("--resolution", type=_positive_int, help="pixels per side (default: the model's)")
+    p.add_argument("--format", choices=["png", "dicom"], default="png", help="image encoding")
+    p.add_argument("--seed", type=int, default=None, help="recorded in the dataset card (default: chosen)")
+    p.add_argument("--comorbidity", choices=["prior", "none"], default="prior",
+                   help="prior: a synthetic image also gets the other labels of a training-set pattern "
+                   "holding its label; none: only the label topped up")  # fmt: skip
+    p.add_argument("--shard-size", type=_positive_int, default=1000, help="images per tar shard")
     p.add_argument("--url", help="the gateway (default: THORAX_URL or http://127.0.0.1:8000)")
     p.add_argument("--api-key", help="API key (default: THORAX_API_KEY)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
