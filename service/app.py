@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from service import deps, problems
 from service.catalog import Catalog
+from service.estimate import Estimator
 from service.jobs import JobManager
 from service.metrics import Metrics
 from service.middleware import RequestContext
 from service.probes import StorageProbe
-from service.routes import health, jobs, models
+from service.routes import health, jobs, models, studies
 from service.settings import Settings
 from service.storage import open_storage
+from service.studies import StudyManager
 
 log = logging.getLogger("thorax.gateway")
+CONSOLE = Path(__file__).parent / "console"  # the web console's static files, no build step
 
 
 def docs_router() -> APIRouter:
@@ -76,11 +81,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.catalog, app.state.storage = settings, catalog, storage
     app.state.metrics, app.state.jobs, app.state.storage_probe = metrics, manager, probe
+    app.state.estimator = Estimator(settings.batch_size)
+    app.state.studies = StudyManager(settings, storage, catalog)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(studies.router)
+    app.include_router(studies.reader_router)
     app.include_router(docs_router())
+    # The console's files hold no data and need no key: every call they make sends the key the user gave.
+    app.mount("/console", StaticFiles(directory=CONSOLE, html=True), name="console")
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):

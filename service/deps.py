@@ -9,11 +9,13 @@ from fastapi import Depends, Request
 
 from service.access import LOCAL, Caller, key_id
 from service.catalog import Catalog
+from service.estimate import Estimator
 from service.jobs import JobManager
 from service.metrics import Metrics
 from service.problems import ApiProblem
 from service.settings import Settings
 from service.storage import Storage
+from service.studies import StudyManager
 
 
 def settings(request: Request) -> Settings:
@@ -34,6 +36,14 @@ def storage(request: Request) -> Storage:
 
 def metrics(request: Request) -> Metrics:
     return request.app.state.metrics
+
+
+def estimator(request: Request) -> Estimator:
+    return request.app.state.estimator
+
+
+def studies(request: Request) -> StudyManager:
+    return request.app.state.studies
 
 
 def require_api_key(request: Request) -> Caller:
@@ -61,3 +71,5 @@ CatalogDep = Annotated[Catalog, Depends(catalog)]
 StorageDep = Annotated[Storage, Depends(storage)]
 MetricsDep = Annotated[Metrics, Depends(metrics)]
 CallerDep = Annotated[Caller, Depends(require_api_key)]
+EstimatorDep = Annotated[Estimator, Depends(estimator)]
+StudiesDep = Annotated[StudyManager, Depends(studies)]

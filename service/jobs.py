@@ -250,7 +250,9 @@ class JobManager:
 
     # ---- requests ---------------------------------------------------------------------------------
 
-    def submit(self, request: JobRequest, caller: Caller = LOCAL) -> Job:
+    def plan(self, request: JobRequest, caller: Caller = LOCAL) -> JobSpec:
+        """The spec a request would make, or the FieldProblem, LimitProblem or 413 that a submission of it
+        gets; starts and stores nothing (`POST /v1/jobs?dry_run=true`, and `submit`)."""
         s = self.settings
         if request.count > s.max_count:
             raise LimitProblem(
@@ -289,7 +291,13 @@ class JobManager:
             )
             errors = [{"field": "labels", "message": detail}]
             raise ApiProblem(413, "Request too large", detail, "request-too-large", errors)
-        base = "/".join(p for p in (s.storage_prefix.strip("/"), prefix, spec.job_id) if p)
+        return spec
+
+    def submit(self, request: JobRequest, caller: Caller = LOCAL) -> Job:
+        s = self.settings
+        spec = self.plan(request, caller)
+        recorded = _spec_json(spec)
+        base = "/".join(p for p in (s.storage_prefix.strip("/"), spec.prefix, spec.job_id) if p)
         job = _job_of(spec, base)
         with self.lock:
             for other in self.jobs.values():  # the id rule above makes this impossible; keep it so

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     api_keys: str = ""
     resume_on_start: bool = True
 
+    # reader studies: the operator's folder of real radiographs, read only to show them to readers (never
+    # copied into storage, shards or the model store); without it no study can be created
+    study_images: Path | None = None
+
     @property
     def api_key_set(self) -> frozenset[str]:
         return frozenset(parse_keys(self.api_keys))

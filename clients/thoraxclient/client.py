@@ -24,6 +24,7 @@ from thoraxclient.errors import IntegrityError, JobError, ThoraxError, Transport
 from thoraxclient.model_card import ModelCard
 from thoraxclient.schemas import (
     TERMINAL_STATES,
+    JobEstimate,
     JobList,
     JobRequest,
     JobStatus,
@@ -196,6 +197,14 @@ class Client(_Base):
         body = _job_request(count, labels, **fields)
         return JobStatus.model_validate_json(self._request("POST", "/v1/jobs", json=body).content)
 
+    def dry_run(self, count: int, labels: Any = None, **fields: Any) -> JobEstimate:
+        """What `generate` with the same arguments would make and cost (images, shards, bytes, seconds,
+        from a trial batch on the gateway), without starting it; a request that `generate` would have
+        refused raises the same error."""
+        body = _job_request(count, labels, **fields)
+        response = self._request("POST", "/v1/jobs", json=body, params={"dry_run": "true"})
+        return JobEstimate.model_validate_json(response.content)
+
     def job(self, job: JobRef) -> JobStatus:
         """A job's current status."""
         return JobStatus.model_validate_json(self._request("GET", f"/v1/jobs/{_job_id(job)}").content)
@@ -361,6 +370,12 @@ class AsyncClient(_Base):
         """Start a job of `count` images (see `Client.generate`)."""
         body = _job_request(count, labels, **fields)
         return JobStatus.model_validate_json((await self._request("POST", "/v1/jobs", json=body)).content)
+
+    async def dry_run(self, count: int, labels: Any = None, **fields: Any) -> JobEstimate:
+        """What a job would make and cost, without starting it (see `Client.dry_run`)."""
+        body = _job_request(count, labels, **fields)
+        response = await self._request("POST", "/v1/jobs", json=body, params={"dry_run": "true"})
+        return JobEstimate.model_validate_json(response.content)
 
     async def job(self, job: JobRef) -> JobStatus:
         """A job's current status."""

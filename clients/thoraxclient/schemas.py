@@ -228,6 +228,12 @@ class ModelList(_Strict):
     models: list[ModelSummary]
 
 
+class ModelFigures(_Strict):
+    """`GET /v1/models/{name}/{version}/files`: the model's figures (samples, evaluation pictures)."""
+
+    figures: list[str] = Field(description="file names, each read from .../files/{name}")
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details, as every error of the gateway is answered."""
 
@@ -240,3 +246,134 @@ class Problem(BaseModel):
     instance: str | None = None
     request_id: str | None = None
     errors: list[dict] | None = Field(default=None, description="for validation errors: field and message")
+
+
+class JobEstimate(_Strict):
+    """`POST /v1/jobs?dry_run=true`: what a job would make and cost, from a trial batch generated and
+    encoded on the gateway; nothing is started or stored. A request that a submission would refuse gets
+    the same error."""
+
+    dry_run: Literal[True] = True
+    model: str = Field(description="NAME/VERSION")
+    count: int
+    resolution: int
+    format: ImageFormat
+    shard_size: int
+    shards_total: int
+    bytes: int = Field(description="the shards' total size, estimated from the trial's samples")
+    bytes_per_image: float = Field(
+        description="one sample in a shard: the image and its JSON, as tar members"
+    )
+    images_per_second: float = Field(description="the trial's rate: inference and encoding, not overlapped")
+    seconds: float = Field(description="count / images_per_second: an upper bound at the gateway's load")
+    measured_with: str
+
+
+# ---- reader studies: telling generated radiographs from real ones (the paper's Table 1) -------------
+
+StudyAnswer = Literal["generated", "real"]
+StudyText = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class StudyReaderRequest(_Strict):
+    name: StudyText
+    group: StudyText = Field(default="readers", description="readers are also scored as groups")
+
+
+class StudyRequest(_Strict):
+    """`POST /v1/studies`: a blinded reader study. Each resolution block shows `per_block` real
+    radiographs from the gateway's study folder (`THORAX_STUDY_IMAGES`) and `per_block` generated ones
+    in a seeded random order; the blocks run in increasing resolution; every image is shown once."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    model: str | None = Field(default=None, description="NAME or NAME/VERSION; the default model if omitted")
+    resolutions: list[Annotated[int, Field(strict=True, ge=4)]] = Field(
+        min_length=1, max_length=8, description="one block per resolution, at most the model's"
+    )
+    per_block: StrictCount = Field(ge=1, le=500, description="real images per block (as many generated)")
+    seconds_per_image: Annotated[float, Field(strict=True, gt=0, le=3600, allow_inf_nan=False)] = 30.0
+    readers: list[StudyReaderRequest] = Field(min_length=1, max_length=100)
+    seed: StrictCount | None = Field(default=None, ge=0, lt=SEED_LIMIT, description="chosen if omitted")
+    labels: LabelVector | LabelPrior | None = Field(
+        default=None, description="labels of the generated images; the model card's prior if omitted"
+    )
+
+
+class StudyReader(_Strict):
+    id: str
+    name: str
+    group: str
+    answered: int = Field(description="images answered or timed out so far")
+    token: str | None = Field(
+        default=None, description="the reader's secret: only in the answer that creates it"
+    )
+    url: str | None = Field(default=None, description="the reader's link: only in the answer that creates it")
+
+
+class Study(_Strict):
+    id: str
+    url: str
+    name: str
+    model: str = Field(description="NAME/VERSION")
+    created: datetime
+    seed: int
+    resolutions: list[int] = Field(description="the blocks, in the order they are shown")
+    per_block: int
+    images_per_reader: int
+    seconds_per_image: float
+    readers: list[StudyReader]
+
+
+class StudyList(_Strict):
+    studies: list[Study]
+
+
+class ReaderState(_Strict):
+    """What a reader sees next (`GET /v1/read/{token}`); nothing in it tells real from generated."""
+
+    study: str
+    reader: str
+    position: int = Field(description="0-based; the images before it are answered and closed")
+    images_total: int
+    block: int
+    blocks: int
+    resolution: int | None = Field(description="the current block's; None when done")
+    seconds_per_image: float
+    seconds_left: float | None = Field(description="once the current image is shown: the time it has left")
+    image: str | None = Field(description="the current image's random name; None when done")
+    image_url: str | None
+    done: bool
+
+
+class ReaderAnswer(_Strict):
+    """`POST /v1/read/{token}/answers`: the answer to the current image; null when the time ran out."""
+
+    position: StrictCount = Field(ge=0)
+    image: Annotated[str, Field(min_length=1, max_length=64)]
+    answer: StudyAnswer | None
+
+
+class StudyResultRow(_Strict):
+    """One reader's or one group's scores over one block (`resolution`) or every block (None).
+    Positive = generated; an image left unanswered counts as wrong. A group's accuracy, sensitivity and
+    specificity are its readers' means (with the standard error among them for accuracy); kappa is
+    Fleiss' across its readers over the images that all of them answered."""
+
+    kind: Literal["reader", "group"]
+    name: str
+    group: str
+    resolution: int | None
+    readers: int
+    images: int = Field(description="images reached (answered or timed out); a group's: its readers' sum")
+    answered: int = Field(description="images answered in time; a group's: its readers' sum")
+    accuracy: float | None
+    accuracy_se: float | None = None
+    sensitivity: float | None
+    specificity: float | None
+    kappa: float | None = None
+    kappa_images: int | None = None
+
+
+class StudyResults(_Strict):
+    study: Study
+    rows: list[StudyResultRow]

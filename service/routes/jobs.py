@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import StreamingResponse
-from thoraxclient.schemas import JobList, JobRequest, JobStatus, Manifest, Problem, ShardEntry, ShardList
+from fastapi.responses import JSONResponse, StreamingResponse
+from thoraxclient.schemas import (
+    JobEstimate,
+    JobList,
+    JobRequest,
+    JobStatus,
+    Manifest,
+    Problem,
+    ShardEntry,
+    ShardList,
+)
 
 from service import deps
 from service.access import Caller
+from service.backends import BackendError
 from service.jobs import Job, JobManager
+from service.problems import ApiProblem
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(deps.require_api_key)])
 _ERRORS = {
@@ -22,12 +33,34 @@ def _status(request: Request, job: Job, jobs: JobManager) -> JobStatus:
     return job.status(url, jobs.storage.location)
 
 
-@router.post("/generate", status_code=202, response_model=JobStatus, responses=_ERRORS)
-@router.post("/v1/jobs", status_code=202, response_model=JobStatus, responses=_ERRORS)
+_CREATE = {
+    200: {"model": JobEstimate, "description": "with `?dry_run=true`: what the job would cost"},
+    **_ERRORS,
+    502: {"model": Problem, "content": {"application/problem+json": {}}},
+}
+
+
+@router.post("/generate", status_code=202, response_model=JobStatus, responses=_CREATE)
+@router.post("/v1/jobs", status_code=202, response_model=JobStatus, responses=_CREATE)
 def create_job(
-    body: JobRequest, request: Request, response: Response, jobs: deps.JobsDep, caller: deps.CallerDep
-) -> JobStatus:
-    """Start a job: `count` radiographs as WebDataset shards; answers 202 with the job's id and URL."""
+    body: JobRequest,
+    request: Request,
+    response: Response,
+    jobs: deps.JobsDep,
+    caller: deps.CallerDep,
+    estimator: deps.EstimatorDep,
+    dry_run: bool = False,
+) -> JobStatus | JSONResponse:
+    """Start a job: `count` radiographs as WebDataset shards; answers 202 with the job's id and URL.
+    With `?dry_run=true` nothing starts: 200 with the images, bytes and time it would take (from a trial
+    batch), or the error a submission would get."""
+    if dry_run:
+        spec = jobs.plan(body, caller)
+        try:
+            estimate = estimator.estimate(spec, jobs.model(body.model))
+        except BackendError as exc:
+            raise ApiProblem(502, "Backend error", str(exc)) from None
+        return JSONResponse(estimate.model_dump(mode="json"))
     job = jobs.submit(body, caller)
     status = _status(request, job, jobs)
     response.headers["Location"] = status.url

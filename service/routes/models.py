@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from fastapi import APIRouter, Depends, Response
 from thoraxclient.model_card import ModelCard
 from thoraxclient.schemas import (
     TRANSITION_VALUES,
+    ModelFigures,
     ModelList,
     ModelSummary,
     PreviewRequest,
@@ -23,7 +26,7 @@ from service.imaging import downsample, grid_png, png_bytes
 from service.jobs import resolve_resolution
 from service.problems import ApiProblem, FieldProblem, LimitProblem
 from thorax.pictures import difference_row, tile_grid
-from thorax.store import StoreError, find_model, sha256_file
+from thorax.store import SUMS, StoredModel, StoreError, find_model, sha256_file
 
 router = APIRouter(tags=["models"], dependencies=[Depends(deps.require_api_key)])
 _ERRORS = {
@@ -63,6 +66,54 @@ def get_model(name: str, version: str | None = None) -> dict:
         return find_model(f"{name}/{version}" if version else name).card()
     except StoreError as exc:
         raise ApiProblem(404, "Not found", str(exc)) from None
+
+
+FIGURE_TYPES = {".png": "image/png", ".gif": "image/gif"}
+
+
+def _listed_files(name: str, version: str) -> tuple[StoredModel, dict[str, str]]:
+    """The model and its SHA256SUMS (file name -> digest); a 404 for an unknown model."""
+    try:
+        model = find_model(f"{name}/{version}")
+    except StoreError as exc:
+        raise ApiProblem(404, "Not found", str(exc)) from None
+    sums = {}
+    for line in (model.path / SUMS).read_text().splitlines():
+        digest, _, listed = line.partition("  ")
+        sums[listed.strip()] = digest
+    return model, sums
+
+
+@router.get("/v1/models/{name}/{version}/files", response_model=ModelFigures, responses=_ERRORS)
+def list_model_figures(name: str, version: str) -> ModelFigures:
+    """The model's figures: its sample grid and the pictures of its evaluation."""
+    _, sums = _listed_files(name, version)
+    return ModelFigures(figures=sorted(f for f in sums if Path(f).suffix.lower() in FIGURE_TYPES))
+
+
+@router.get(
+    "/v1/models/{name}/{version}/files/{file_name}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in FIGURE_TYPES.values()}
+        },
+        **_ERRORS,
+    },
+)
+def get_model_figure(name: str, version: str, file_name: str) -> Response:
+    """One of a model's figures (its samples and evaluation pictures, PNG or GIF), checked against the
+    model's SHA256SUMS."""
+    model, sums = _listed_files(name, version)
+    suffix = Path(file_name).suffix.lower()
+    if file_name not in sums or suffix not in FIGURE_TYPES or "/" in file_name:
+        raise ApiProblem(404, "Not found", f"model {model.ref} has no figure {file_name!r}")
+    path = model.path / file_name
+    if sha256_file(path) != sums[file_name]:
+        raise ApiProblem(409, "Conflict", f"{file_name} of model {model.ref} differs from its SHA256SUMS")
+    return Response(
+        path.read_bytes(), media_type=FIGURE_TYPES[suffix], headers={"Cache-Control": "private, max-age=3600"}
+    )
 
 
 @router.post(
