@@ -117,6 +117,31 @@ def _most_specific(errors: list[dict]) -> list[dict]:
     return kept
 
 
+def _is_json(content_type: str | None) -> bool:
+    """FastAPI's rule for a body it parses: application/json or application/*+json, parameters aside."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def _unreadable_body(request: Request, exc: RequestValidationError) -> list[dict] | None:
+    """The error of a body that never became JSON, said so that the sender can fix it: malformed JSON by
+    line and column (FastAPI gives a character offset as its field), or a body sent without the JSON
+    content type (FastAPI then validates the raw bytes: "Input should be a valid dictionary")."""
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            text, offset = exc.body if isinstance(exc.body, str) else "", int(err["loc"][-1])
+            line, column = text.count("\n", 0, offset) + 1, offset - text.rfind("\n", 0, offset)
+            reason = err.get("ctx", {}).get("error")
+            message = f"invalid JSON at line {line}, column {column}" + (f" ({reason})" if reason else "")
+            return [{"field": "body", "message": message}]
+    content_type = request.headers.get("content-type")
+    if isinstance(exc.body, bytes | bytearray) and exc.body and not _is_json(content_type):
+        sent = content_type or "none"
+        message = f"must be application/json for a JSON body; this request sent {sent}"
+        return [{"field": "content-type", "message": message}]
+    return None
+
+
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -138,8 +163,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors, seen = [], set()
-        for err in _most_specific(exc.errors()):
+        errors, seen = _unreadable_body(request, exc) or [], set()
+        for err in [] if errors else _most_specific(exc.errors()):
             field = field_name(err.get("loc", ()))
             if field not in seen:
                 seen.add(field)
