@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -18,7 +19,7 @@ from thorax.errors import UserError
 from thorax.labels import NIH_LABELS
 from thorax.store import open_model
 from training import classifier as clf
-from training.data import RadiographSet
+from training.data import RadiographSet, describe_data
 from training.evaluate import (
     CHECKS,
     NO_FINDING,
@@ -359,8 +360,26 @@ def test_evaluate_runs_only_the_checks_asked_for(tiny_store: Path, tmp_path: Pat
     assert "memorisation" not in evaluation and "classifier_checks" not in evaluation
     assert "collapse" not in evaluation and evaluation["cohort"]["images"] == {}  # no real image loaded
     assert "eval_difference_maps.png" in evaluation["figures"]
+    saved = (store / "tiny" / "1" / "evaluation.json").read_text()
+    assert json.loads(saved)["data"] == describe_data(data_dir, NIH_LABELS) == evaluation["data"]
+    assert str(data_dir) not in saved and str(data_dir.resolve()) not in saved  # no path of this machine
     with pytest.raises(ValueError, match="unknown check"):
         evaluate_model("tiny/1", data_dir, EvalOptions(checks=("speed",)), store=store)
+
+
+def test_the_data_is_described_by_name_count_and_checksum_wherever_it_lies(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    table = data_dir / "labels.csv"
+    copy = tmp_path / "elsewhere" / data_dir.resolve().name  # only the label table: no image is read
+    copy.mkdir(parents=True)
+    shutil.copy(table, copy / "labels.csv")
+    described = describe_data(data_dir, NIH_LABELS)
+    assert describe_data(copy, NIH_LABELS) == described
+    assert described["images"] == len(table.read_text().splitlines()) - 1  # rows, the header aside
+    assert described["label_table_sha256"] == hashlib.sha256(table.read_bytes()).hexdigest()
+    (copy / "labels.csv").write_text(table.read_text().replace(",1,", ",0,", 1))  # one label changed
+    assert describe_data(copy, NIH_LABELS)["label_table_sha256"] != described["label_table_sha256"]
 
 
 def test_both_classifier_architectures_train_and_give_features(small_splits) -> None:

@@ -6,6 +6,7 @@ where torch is not installed."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from service.settings import Settings
 from tests.conftest import REPO
 from tests.gateway_helpers import sha256
 from tests.in_process import InProcessTransport
+from thorax.store import list_models, verify
 
 SHIPPED_STORE = REPO / "model_store"
 
@@ -72,3 +74,17 @@ def test_real_rows_topped_up_are_read_at_the_synthetic_resolution(
     assert images.shape == (24, resolution, resolution) and images.dtype == np.uint8
     assert labels[:, card.label_names.index("Effusion")].sum() == effusion + 4
     assert len(SyntheticDataset(tmp_path / "ds")) == 4  # the synthetic rows alone
+
+
+def test_the_shipped_evaluations_name_their_data_not_a_path_and_verify() -> None:
+    """evaluation.json travels with the model: it names its data (folder name, image count, the label
+    table's SHA-256), not the folder's path on the machine that ran it; SHA256SUMS covers the file."""
+    models = list_models(SHIPPED_STORE)
+    assert {m.ref for m in models} >= {(SHIPPED_STORE / "default").read_text().strip()}
+    for model in models:
+        verify(model)
+        data = json.loads((model.path / "evaluation.json").read_text())["data"]
+        assert data["name"] == "cxr256" and data["label_table"] == "labels.csv" and data["images"] > 2000
+        assert data["label_table_sha256"] is None or len(data["label_table_sha256"]) == 64
+        assert data["label_table_sha256"] or data["note"]  # a missing checksum says why
+        assert "/" not in json.dumps(data), data

@@ -55,6 +55,19 @@ def find_label_table(data_dir: Path) -> Path:
     raise UserError(f"{data_dir}: no labels.csv or Data_Entry_2017*.csv in this folder")
 
 
+def describe_data(data_dir: Path, label_names: tuple[str, ...]) -> dict:
+    """A data folder as a shared artifact (evaluation.json) names it: by its name, its image count (the
+    rows of its label table) and the label table's SHA-256, which anyone can check on their own copy;
+    never by its path, which means something on one machine only."""
+    table = find_label_table(data_dir)
+    return {
+        "name": data_dir.resolve().name,
+        "images": len(read_label_table(table, label_names).filenames),
+        "label_table": table.name,
+        "label_table_sha256": hashlib.sha256(table.read_bytes()).hexdigest(),
+    }
+
+
 def read_label_table(path: Path, label_names: tuple[str, ...]) -> LabelTable:
     """Read either label-table layout into a LabelTable in the order of ``label_names``."""
     with _open_text(path) as fh:

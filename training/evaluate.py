@@ -60,7 +60,7 @@ from thorax.store import StoredModel, open_model, store_root, write_sums
 from training import classifier as clf
 from training import classifier_cache
 from training.checkpoint import load_generator
-from training.data import RadiographSet, find_label_table
+from training.data import RadiographSet, describe_data, find_label_table
 from training.export import card_markdown
 from training.metrics import (
     bootstrap_auc,
@@ -1098,7 +1098,7 @@ def evaluate_model(
     evaluation: dict = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": name,
-        "data": str(data_dir),
+        "data": describe_data(Path(data_dir), tuple(names)),
         "split": f"patient-disjoint {fractions}, hash seed {split_seed}: the training run's split",
         "cohort": {"name": cohort, "patient_prefixes": list(prefixes)},
         "options": {**asdict(opts), "checks": list(opts.checks)},
