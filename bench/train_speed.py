@@ -2,9 +2,11 @@
 projection critic, augmentation) and the paper's full-size networks, fp32 and bf16, measured in one
 run through the real training step on real radiographs.
 
-    python bench/train_speed.py [--configs cxr64 nih64 paper256] [--steps 6] [--data DIR]
+    python bench/train_speed.py [--configs cxr64 nih64 paper256] [--steps 4] [--rounds 3] [--data DIR]
 
-Prints one line per (config, resolution, precision), the bf16/fp32 ratio per stage, and, when both
+Configs that share a resolution are timed in turns, round by round, and the best round of each counts,
+so that other work on the machine (a training run, tests) slows them alike. Prints one line per
+(config, resolution, precision), the bf16/fp32 ratio per stage, and, when both
 cxr64 and nih64 ran, nih64's cost per image relative to cxr64's at each resolution (issue 11 allows
 1.20 at 64 px). nih64 is measured with its augmentation at full strength (p = the config's ceiling)
 and the conditioning ramp finished, its most expensive step. Full-size stages above 32 px are slow
@@ -27,46 +29,73 @@ from training.schedule import Phase
 from training.train import RunOptions, Trainer
 
 
-def measure(cfg_name: str, resolution: int, bf16: bool, steps: int, data: Path, batch: int | None) -> float:
+def make_trainer(cfg_name: str, resolution: int, bf16: bool, data: Path, batch: int | None, tmp: str):
+    """A trainer at `resolution`'s stable phase, warmed up by one step; returns (trainer, phase)."""
     cfg = load_config(cfg_name)
     if batch:
         stages = tuple(dataclasses.replace(s, batch=batch) for s in cfg.stages)
         cfg = dataclasses.replace(cfg, stages=stages)
+    opts = RunOptions(Path(tmp), data, device="cpu", bf16=bf16, limit_images=256, quiet=True)
+    trainer = Trainer(cfg, opts)
+    if cfg.ada_target or cfg.augment_p:  # the dearest step: every augmentation applies
+        trainer.ada.p, trainer.ada.target = cfg.ada_p_max, None
+    trainer.images_shown = 10**9  # past the conditioning ramp: every conditional term at full gain
+    stage = cfg.stage(resolution)
+    phase = Phase(resolution, "stable", 0, 10**9, stage.batch)
+    trainer.train_step(phase)  # warm-up
+    return trainer, phase
+
+
+def timed_round(trainer: Trainer, phase: Phase, steps: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(phase)
+    return steps * phase.batch / (time.perf_counter() - t0)
+
+
+def measure_together(
+    names: list[str], resolution: int, bf16: bool, steps: int, rounds: int, data: Path, batch: int | None
+) -> dict[str, float]:
+    """images/s of each config at one resolution and precision: the best of `rounds` rounds of `steps`
+    steps, the configs taking turns round by round, so that other work on the machine slows them
+    alike and the best round of each is the one least disturbed."""
     with tempfile.TemporaryDirectory() as tmp:
-        opts = RunOptions(Path(tmp), data, device="cpu", bf16=bf16, limit_images=256, quiet=True)
-        trainer = Trainer(cfg, opts)
-        if cfg.ada_target or cfg.augment_p:  # the dearest step: every augmentation applies
-            trainer.ada.p, trainer.ada.target = cfg.ada_p_max, None
-        stage = cfg.stage(resolution)
-        phase = Phase(resolution, "stable", 0, 10**9, stage.batch)
-        trainer.train_step(phase)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step(phase)
-        return steps * stage.batch / (time.perf_counter() - t0)
+        trainers = {
+            name: make_trainer(name, resolution, bf16, data, batch, f"{tmp}/{name}") for name in names
+        }
+        best = dict.fromkeys(names, 0.0)
+        for _ in range(rounds):
+            for name, (trainer, phase) in trainers.items():
+                best[name] = max(best[name], timed_round(trainer, phase, steps))
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["cxr64", "nih64", "paper256"])
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=4, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per config; the best counts")
     parser.add_argument("--max-res", type=int, default=64)
     parser.add_argument("--batch", type=int, help="override every stage's batch (full-size nets on a CPU)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    speeds: dict[tuple[str, int], float] = {}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; best of {args.rounds} rounds")
+    resolutions: dict[int, list[str]] = {}
     for name in args.configs:
-        cfg = load_config(name)
-        for stage in cfg.stages:
-            if stage.resolution > args.max_res:
-                break
-            fp32 = measure(name, stage.resolution, False, args.steps, args.data, args.batch)
-            bf16 = measure(name, stage.resolution, True, args.steps, args.data, args.batch)
-            speeds[name, stage.resolution] = bf16 if load_config(name).bf16 else fp32
+        for stage in load_config(name).stages:
+            if stage.resolution <= args.max_res:
+                resolutions.setdefault(stage.resolution, []).append(name)
+    speeds: dict[tuple[str, int], float] = {}
+    for resolution, names in sorted(resolutions.items()):
+        fp32 = measure_together(names, resolution, False, args.steps, args.rounds, args.data, args.batch)
+        bf16 = measure_together(names, resolution, True, args.steps, args.rounds, args.data, args.batch)
+        for name in names:
+            speeds[name, resolution] = bf16[name] if load_config(name).bf16 else fp32[name]
+            batch = args.batch or load_config(name).stage(resolution).batch
             print(
-                f"{name:9s} {stage.resolution:4d} px  batch {args.batch or stage.batch:4d}  "
-                f"fp32 {fp32:8.1f} img/s  bf16 {bf16:8.1f} img/s  bf16/fp32 {bf16 / fp32:4.2f}",
+                f"{name:9s} {resolution:4d} px  batch {batch:4d}  "
+                f"fp32 {fp32[name]:8.1f} img/s  bf16 {bf16[name]:8.1f} img/s  "
+                f"bf16/fp32 {bf16[name] / fp32[name]:4.2f}",
                 flush=True,
             )
     for (name, resolution), speed in speeds.items():
