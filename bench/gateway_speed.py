@@ -25,22 +25,24 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from service.backends.onnx import OnnxBackend  # noqa: E402
+from service.backends import open_backend  # noqa: E402
+from service.settings import Settings  # noqa: E402
 from tests.servers import gateway, seaweedfs  # noqa: E402
 from thorax.store import open_model  # noqa: E402
 
 
-def raw_rate(model, batch: int, threads: int, seconds: float) -> float:
+def raw_rate(model, batch: int, threads: int, seconds: float) -> tuple[float, str]:
+    """(images/s, "backend precision") of the backend the gateway picks with these settings."""
     import numpy as np
 
-    backend = OnnxBackend(model, threads)
+    backend = open_backend(model, Settings(onnx_threads=threads))
     labels = np.zeros((batch, len(model.card()["labels"]["names"])), np.float32)
     backend.generate(0, list(range(batch)), labels)  # warm-up
     done, start, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         backend.generate(1, list(range(start, start + batch)), labels)
         done, start = done + batch, start + batch
-    return done / (time.perf_counter() - t0)
+    return done / (time.perf_counter() - t0), f"{backend.name} {backend.precision}"
 
 
 def _call(url: str, body: dict | None = None) -> dict:
@@ -93,8 +95,8 @@ def main() -> None:
     model = open_model(args.model)
     resolution = model.card()["architecture"]["resolution"]
     print(f"model {model.ref}: {resolution} px; batch {args.batch}, {args.threads} onnxruntime thread(s)")
-    raw = raw_rate(model, args.batch, args.threads, args.seconds)
-    print(f"raw generator (onnxruntime):           {raw:10.1f} images/s")
+    raw, made_with = raw_rate(model, args.batch, args.threads, args.seconds)
+    print(f"raw generator ({made_with}): {raw:10.1f} images/s")
 
     with tempfile.TemporaryDirectory(prefix="thorax-bench-") as tmp, seaweedfs(Path(tmp) / "s3") as endpoint:
         env = {

@@ -47,15 +47,21 @@ class Catalog:
             return open_model(self.settings.default_model).ref
         return default_ref()
 
-    def get(self, ref: str | None) -> LoadedModel:
+    def get(self, ref: str | None, backend: str | None = None, precision: str | None = None) -> LoadedModel:
+        """The model with the gateway's backend, or with `backend` and `precision` when given (those a
+        job recorded, so that its every shard is made as the first one was)."""
         found = find_model(ref or self.settings.default_model)  # cheap: verification comes with loading
+        key = found.ref if backend is None else f"{found.ref} {backend} {precision}"
         with self._lock:
-            loaded = self._loaded.get(found.ref)
+            loaded = self._loaded.get(key)
+            default = self._loaded.get(found.ref)
+            if loaded is None and default is not None and _made_with(default) == (backend, precision):
+                loaded = default
             if loaded is None:
                 stored = open_model(found.ref)
-                backend = open_backend(stored, self.settings)
-                loaded = LoadedModel(stored, stored.card(), stored.card_sha256(), backend)
-                self._loaded[stored.ref] = loaded
+                opened = open_backend(stored, self.settings, backend, precision)
+                loaded = LoadedModel(stored, stored.card(), stored.card_sha256(), opened)
+                self._loaded[key] = loaded
             return loaded
 
     def loaded(self) -> list[LoadedModel]:
@@ -67,6 +73,10 @@ class Catalog:
 
     def close(self) -> None:
         with self._lock:
-            for model in self._loaded.values():
+            for model in {id(m): m for m in self._loaded.values()}.values():
                 model.backend.close()
             self._loaded.clear()
+
+
+def _made_with(model: LoadedModel) -> tuple[str, str]:
+    return model.backend.name, model.backend.precision

@@ -280,6 +280,8 @@ class JobManager:
             label_names=model.label_names,
             created=datetime.now(UTC),
             owner=caller.key_id,
+            backend=model.backend.name,
+            precision=model.backend.precision,
             **resolved_labels,
         )
         recorded = _spec_json(spec)

@@ -187,6 +187,12 @@ class Pipeline:
 
     def _infer(self, out: queue.Queue) -> object:
         spec, model = self.spec, self.model
+        made_with = (model.backend.name, model.backend.precision)
+        if spec.backend is not None and (spec.backend, spec.precision) != made_with:
+            raise BackendError(
+                f"the job's images are made with {spec.backend} {spec.precision}, this gateway's backend is "
+                f"{' '.join(made_with)}: set THORAX_BACKEND and THORAX_PRECISION to the job's to resume it"
+            )
         plan = label_rules.LabelPlan.of(spec, model.prior_patterns)
         for shard_index in self.pending:
             indices = shard_indices(spec, shard_index)

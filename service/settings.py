@@ -16,9 +16,12 @@ class Settings(BaseSettings):
 
     # models and backend
     default_model: str | None = None  # NAME[/VERSION]; the store's default if unset
-    backend: Literal["onnxruntime", "torchserve"] = "onnxruntime"
+    # auto: the CUDA GPU if onnxruntime sees one, else OpenVINO bf16 on a CPU with AVX512-BF16 or AMX,
+    # else onnxruntime fp32 (service/backends/__init__.py)
+    backend: Literal["auto", "onnxruntime", "openvino", "onnxruntime-cuda", "torchserve"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: OpenVINO, where the CPU has it
     torchserve_url: str | None = None  # inference base URL, e.g. http://torchserve:8080
-    onnx_threads: int = Field(default=1, ge=1)  # onnxruntime intra-op threads
+    onnx_threads: int = Field(default=1, ge=1)  # intra-op threads of onnxruntime and OpenVINO
     batch_size: int = Field(default=32, ge=1, le=1024)  # images per inference call
 
     # storage: a local folder unless an S3 endpoint is configured

@@ -48,7 +48,11 @@ def test_no_forbidden_imports_in_source(package: str) -> None:
 
 @pytest.mark.parametrize(
     "package, only_file",
-    [("minio", "service/storage/s3.py"), ("onnxruntime", "service/backends/onnx.py")],
+    [
+        ("minio", "service/storage/s3.py"),
+        ("onnxruntime", "service/backends/onnx.py"),
+        ("openvino", "service/backends/openvino.py"),
+    ],
 )
 def test_one_place_in_the_service_imports_each_heavy_client(package: str, only_file: str) -> None:
     assert imported_top_level_names(PACKAGES["service"]).get(package) == {only_file}

@@ -157,7 +157,7 @@ def test_torchserve_backend_gives_the_onnxruntime_images(tiny_store: Path, tmp_p
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("THORAX_MODEL_STORE", str(tiny_store))
-        onnx = run(Settings(storage_dir=tmp_path / "onnx", batch_size=4))
+        onnx = run(Settings(storage_dir=tmp_path / "onnx", batch_size=4, backend="onnxruntime"))
         with torchserve(model.file("mar"), tmp_path / "ts") as ts_url:
             served = run(
                 Settings(storage_dir=tmp_path / "ts-data", backend="torchserve", torchserve_url=ts_url)

@@ -97,6 +97,12 @@ class JobSpec(_Strict):
     owner: str | None = Field(
         default=None, description="the id of the API key that submitted it (a hash, never the key)"
     )
+    # What makes the pixels: its shards are always made with these, so that the same spec gives the same
+    # bytes (None in jobs made before they were recorded: onnxruntime, fp32).
+    backend: str | None = Field(
+        default=None, description="the generator's backend: onnxruntime, onnxruntime-cuda, openvino, torchserve"
+    )
+    precision: str | None = Field(default=None, description="the backend's arithmetic: fp32 or bf16")
 
     @property
     def shards_total(self) -> int:

@@ -12,6 +12,7 @@ from thorax.store import StoredModel
 
 class TorchServeBackend:
     name = "torchserve"
+    precision = "fp32"  # the handler runs the generator in fp32
 
     def __init__(self, model: StoredModel, base_url: str, timeout: float = 120.0) -> None:
         self.url = f"{base_url.rstrip('/')}/predictions/{model.file('mar').stem}"
