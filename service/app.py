@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     manager = JobManager(settings, storage, catalog, metrics)
     probe = StorageProbe(storage)
+    # With the Dask executor, ready also means the scheduler answers (the same bounded, off-pool check).
+    scheduler_probe = StorageProbe(manager.executor) if manager.shared else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -68,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             manager.stop()
             probe.close()
+            if scheduler_probe is not None:
+                scheduler_probe.close()
             catalog.close()
 
     app = FastAPI(
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.catalog, app.state.storage = settings, catalog, storage
     app.state.metrics, app.state.jobs, app.state.storage_probe = metrics, manager, probe
+    app.state.scheduler_probe = scheduler_probe
     app.state.estimator = Estimator(settings.batch_size)
     app.state.studies = StudyManager(settings, storage, catalog)
     problems.install(app)

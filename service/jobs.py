@@ -1,21 +1,18 @@
-"""Jobs: a request for N radiographs, turned into WebDataset shards in storage, surviving restarts.
+"""Job bookkeeping: a request for N radiographs becomes a job recorded in storage, which any gateway
+replica can then look up by its id, follow, list, cancel and resume.
 
-A job's spec is written first (`job.json`), then its shards in order (`shard-000000.tar`, ...), each
-visible only when complete, then `manifest.json`. A shard is a pure function of (model, spec, shard
-index), so a gateway that starts and finds a job without a manifest resumes it at its first missing
-shard, and writing a shard twice is harmless.
-
-Inside a job three stages overlap (inference, encoding, upload): see `service.pipeline`.
+Storage is the record (`service.layout`): a job's spec is written first (`job.json`), then its shards,
+each visible only when complete and committed by its entry in the index, then `manifest.json`. The
+shards are made by an executor (`service.executors`): this process's threads by default, or a Dask
+cluster. One shard is one unit of work (`service.work.make_shard`), a pure function of (model, spec,
+shard index), so a job resumes anywhere and writing a shard twice is harmless.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import queue
 import random
-import re
 import threading
 import time
 import uuid
@@ -27,19 +24,17 @@ from thoraxclient.schemas import TERMINAL_STATES, JobRequest, JobSpec, JobStatus
 
 from service import labels as label_rules
 from service.access import LOCAL, Caller
-from service.backends import BackendError
 from service.catalog import Catalog, LoadedModel
+from service.executors import SchedulerUnavailable, open_executor
+from service.layout import CANCELLED, INDEX, JOB_ID, MANIFEST, SPEC, JobPaths, find, indexed_ids
 from service.metrics import Metrics
-from service.pipeline import POLL_S, Cancelled, Interrupted, Pipeline, ShardReader, StageFailed, shard_indices
 from service.problems import ApiProblem, FieldProblem, LimitProblem
 from service.settings import Settings
-from service.shards import Digest, canonical_json, shard_name
+from service.shards import canonical_json, shard_name
 from service.storage import Storage, StorageError
 from thorax.store import StoreError
 
 log = logging.getLogger("thorax.gateway")
-SPEC, MANIFEST, CANCELLED = "job.json", "manifest.json", "cancelled.json"
-_JOB_ID = re.compile(r"[0-9a-fA-F]{32}")  # uuid4().hex, the job ids
 _PREFIX_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._=-")
 MAX_PREFIX_SEGMENT = 100  # characters per folder name in `prefix` (file systems allow 255 bytes)
 STARTUP_SCAN_WAIT_S = 10.0  # how long a request for an unknown job waits for the start-up scan of storage
@@ -53,10 +48,12 @@ def clean_prefix(prefix: str) -> str:
         return ""
     if prefix.startswith("/") or "\\" in prefix:
         raise FieldProblem("prefix", "must be a relative path inside the storage prefix")
+    if prefix.split("/")[0] == INDEX:
+        raise FieldProblem("prefix", f"{INDEX!r} holds the gateway's job index; choose another folder")
     for part in prefix.split("/"):
         if part in ("", ".", "..") or not set(part) <= _PREFIX_CHARS:
             raise FieldProblem("prefix", f"segment {part!r} not allowed: use letters, digits and . _ = -")
-        if _JOB_ID.fullmatch(part):  # every job's folder ends in its id: no job's folder inside another's
+        if JOB_ID.fullmatch(part):  # every job's folder ends in its id: no job's folder inside another's
             raise FieldProblem("prefix", f"segment {part!r} looks like a job id, which names a job's folder")
         if len(part) > MAX_PREFIX_SEGMENT:  # a folder name every file system and S3 server takes
             raise FieldProblem("prefix", f"a segment is {len(part)} characters; at most {MAX_PREFIX_SEGMENT}")
@@ -69,7 +66,7 @@ class Job:
     `job.json` and are read only while the job runs), its state and its committed shards."""
 
     spec: JobSpec  # label_rows left out; `has_rows` says whether job.json has them
-    base: str  # storage key prefix of the job's folder
+    paths: JobPaths  # where it lives in storage
     has_rows: bool = False
     state: str = "queued"
     error: str | None = None
@@ -82,6 +79,11 @@ class Job:
     @property
     def id(self) -> str:
         return self.spec.job_id
+
+    @property
+    def base(self) -> str:
+        """The job's folder: the storage key prefix of its objects."""
+        return self.paths.folder
 
     @property
     def images_done(self) -> int:
@@ -97,7 +99,7 @@ class Job:
         return max(self.images_done, self.images_at_start + self.images_encoded)
 
     def key(self, name: str) -> str:
-        return f"{self.base}/{name}"
+        return self.paths.key(name)
 
     def status(self, url: str, location: str) -> JobStatus:
         done = self.images_done
@@ -129,24 +131,30 @@ class Job:
 
 
 class JobManager:
-    def __init__(self, settings: Settings, storage: Storage, catalog: Catalog, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, storage: Storage, catalog: Catalog, metrics: Metrics, executor=None
+    ) -> None:
         self.settings, self.storage, self.catalog, self.metrics = settings, storage, catalog, metrics
-        self.jobs: dict[str, Job] = {}
+        self.root = settings.storage_prefix.strip("/")
+        self.executor = executor or open_executor(settings, storage, catalog, metrics)
+        self.jobs: dict[str, Job] = {}  # a cache of records where the executor is shared (Dask)
         self.lock = threading.Lock()
-        self.queue: queue.Queue[Job] = queue.Queue()
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.scanned = threading.Event()  # the start-up scan has read every job in storage
         self.scan_tried = threading.Event()  # it has tried at least once
         self.scan_failure: str | None = None  # why its last try failed
 
+    @property
+    def shared(self) -> bool:
+        """Whether other gateway replicas run jobs on the same storage (the Dask executor): then every
+        answer about a job comes from storage and the scheduler, not from this process's memory."""
+        return self.executor.shared
+
     # ---- life cycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for n in range(self.settings.job_workers):
-            thread = threading.Thread(target=self._worker, name=f"thorax-job-{n}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
+        self.executor.start()
         scan = threading.Thread(target=self._scan_storage, name="thorax-resume", daemon=True)
         scan.start()
         self.threads.append(scan)
@@ -156,18 +164,25 @@ class JobManager:
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self.executor.stop(max(0.0, deadline - time.monotonic()))
 
     def _scan_storage(self) -> None:
         """Find the jobs in storage: finished ones are listed, unfinished ones resume (with backoff while
-        storage is away)."""
-        delay = 0.5
+        storage, or the scheduler, is away)."""
+        delay, unsubmitted = 0.5, []
         while not self.stopping.is_set():
             try:
-                self.storage.prepare()
-                self._load_jobs()
-                self.scan_failure = None
-                self.scanned.set()
+                if not self.scanned.is_set():
+                    self.storage.prepare()
+                    unsubmitted = self._load_jobs()
+                    self.scan_failure = None
+                    self.scanned.set()
+                while unsubmitted:  # at most once per job: the scheduler dedupes what replicas resubmit
+                    self.executor.run(unsubmitted[0])
+                    unsubmitted.pop(0)
                 return
+            except SchedulerUnavailable as exc:
+                log.warning("%s; resuming %d jobs in %.1fs", exc, len(unsubmitted), delay)
             except Exception as exc:  # storage away, or a bug: retried, and never the end of the scan
                 if isinstance(exc, StorageError):
                     log.warning("storage not reachable for the job scan (%s); retrying in %.1fs", exc, delay)
@@ -176,11 +191,10 @@ class JobManager:
                     log.exception("the job scan failed; retrying in %.1fs", delay)
                     self.scan_failure = f"{type(exc).__name__}: {exc}"
                 self.metrics.errors.labels("storage").inc()
-                self.scan_tried.set()  # before the back-off: requests need not wait it out
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
             finally:
-                self.scan_tried.set()
+                self.scan_tried.set()  # before the back-off: requests need not wait it out
+            self.stopping.wait(delay)
+            delay = min(delay * 2, 10.0)
 
     def _wait_for_scan(self) -> None:
         """Return once the jobs of earlier gateways are read from storage, or answer 503: at once when
@@ -193,13 +207,15 @@ class JobManager:
             raise ApiProblem(503, "Storage unavailable", f"the jobs in storage cannot be read: {failure}")
         raise ApiProblem(503, "Service Unavailable", "the gateway is still reading its jobs from storage")
 
-    def _load_jobs(self) -> None:
-        root = self.settings.storage_prefix.strip("/")
-        keys = self.storage.list(f"{root}/" if root else "")  # "jobs/", not every key starting "jobs"
+    def _load_jobs(self) -> list[Job]:
+        """Read every job in storage; returns the unfinished ones to resume."""
+        keys = self.storage.list(f"{self.root}/" if self.root else "")  # "jobs/", not every "jobs*" key
+        indexed = set(keys)
         folders: dict[str, set[str]] = {}
         for key in keys:
             folder, _, name = key.rpartition("/")
             folders.setdefault(folder, set()).add(name)
+        resume = []
         for folder, names in sorted(folders.items()):
             if SPEC not in names:
                 continue
@@ -211,11 +227,15 @@ class JobManager:
             with self.lock:
                 if spec.job_id in self.jobs:
                     continue
+            paths = JobPaths.at(self.root, folder, spec.job_id, self.storage.location)
+            if paths.index_key not in indexed:  # a job from before the index: found by id from now on
+                paths.record(self.storage)
             # The job is published only once its state is known: a lookup during the scan must never
             # see a finished or broken job as "queued".
-            job = _job_of(spec, folder)
-            resume = False
-            if MANIFEST in names:
+            job = _job_of(spec, paths)
+            if CANCELLED in names:  # a cancel wins over a manifest written in the same moment
+                job.state = "cancelled"
+            elif MANIFEST in names:
                 try:
                     data = self.storage.get_bytes(f"{folder}/{MANIFEST}") or b""
                     manifest = Manifest.model_validate_json(data)
@@ -229,10 +249,8 @@ class JobManager:
                 else:
                     job.committed = {i: s for i, s in enumerate(manifest.shards)}
                     job.state = "succeeded"
-            elif CANCELLED in names:
-                job.state = "cancelled"
             elif self.settings.resume_on_start:
-                resume = True
+                resume.append(job)
             else:  # unfinished, and nobody runs it: not active, so that it blocks no new job
                 job.state = "failed"
                 job.error = (
@@ -242,11 +260,12 @@ class JobManager:
                 )
             with self.lock:
                 if spec.job_id in self.jobs:  # submitted or resumed meanwhile
+                    resume = [j for j in resume if j is not job]
                     continue
                 self.jobs[spec.job_id] = job
-            if resume:
+            if job in resume:
                 log.info("resuming job %s", job.id)
-                self.queue.put(job)
+        return resume
 
     # ---- requests ---------------------------------------------------------------------------------
 
@@ -299,17 +318,19 @@ class JobManager:
         s = self.settings
         spec = self.plan(request, caller)
         recorded = _spec_json(spec)
-        base = "/".join(p for p in (s.storage_prefix.strip("/"), spec.prefix, spec.job_id) if p)
-        job = _job_of(spec, base)
+        job = _job_of(spec, JobPaths.of(self.root, spec.prefix, spec.job_id, self.storage.location))
+        if self.shared:  # other replicas' jobs count too, as storage and the scheduler know them
+            self._refresh([j for j in self._cached() if j.state in ("queued", "running")])
         with self.lock:
             for other in self.jobs.values():  # the id rule above makes this impossible; keep it so
-                if base.startswith(other.base + "/"):
+                if job.base.startswith(other.base + "/"):
                     raise FieldProblem("prefix", f"lies inside the folder of job {other.id}")
             active = sum(1 for j in self.jobs.values() if j.state in ("queued", "running"))
             if active >= s.max_active_jobs:
                 raise LimitProblem(f"{active} jobs are queued or running; the limit is {s.max_active_jobs}")
             self.jobs[spec.job_id] = job
         try:  # a job that could not be recorded leaves no trace: not listed, not counted as active
+            job.paths.record(self.storage)  # first: an index entry without its job.json finds no job
             self.storage.put_bytes(job.key(SPEC), recorded)
         except BaseException as exc:
             with self.lock:
@@ -318,7 +339,10 @@ class JobManager:
                 raise
             self.metrics.errors.labels("storage").inc()
             raise ApiProblem(503, "Storage unavailable", f"could not record the job: {exc}") from exc
-        self.queue.put(job)
+        try:
+            self.executor.run(job)
+        except SchedulerUnavailable as exc:  # recorded: the next look at it, or a replica's start, submits it
+            log.warning("job %s: %s; it is submitted when the scheduler answers", job.id, exc)
         return job
 
     def model(self, ref: str | None) -> LoadedModel:
@@ -331,6 +355,8 @@ class JobManager:
         """The job, if `caller` may see it: its own, or any for an admin; else the same 404 as for none."""
         with self.lock:
             job = self.jobs.get(job_id)
+        if job is None and self.shared:  # submitted through another replica: found by its id alone
+            job = self._from_index(job_id)
         if job is None and not self.scanned.is_set():
             # Just after a start the jobs of earlier gateways are still being read from storage: answer
             # once they are, not with a 404 for a job that exists.
@@ -339,15 +365,58 @@ class JobManager:
                 job = self.jobs.get(job_id)
         if job is None or not caller.may_see(job.spec.owner):
             raise ApiProblem(404, "Not found", f"no job {job_id!r}")
+        self._refresh([job])
         return job
 
     def list(self, caller: Caller = LOCAL) -> list[Job]:
         self._wait_for_scan()  # a list without the earlier gateways' jobs would mislead
-        with self.lock:
-            jobs = [job for job in self.jobs.values() if caller.may_see(job.spec.owner)]
+        if self.shared:
+            with self.lock:
+                missing = [job_id for job_id in self._indexed() if job_id not in self.jobs]
+            for job_id in missing:
+                self._from_index(job_id)
+        jobs = [job for job in self._cached() if caller.may_see(job.spec.owner)]
+        self._refresh(jobs)
         return sorted(jobs, key=lambda j: j.spec.created, reverse=True)
 
+    def _cached(self) -> list[Job]:
+        with self.lock:
+            return list(self.jobs.values())
+
+    def _indexed(self) -> list[str]:
+        try:
+            return indexed_ids(self.storage, self.root)
+        except StorageError as exc:
+            raise ApiProblem(503, "Storage unavailable", f"the job index cannot be read: {exc}") from exc
+
+    def _from_index(self, job_id: str) -> Job | None:
+        """A job's record read from storage through the index, kept in the cache; None when there is none."""
+        try:
+            paths = find(self.storage, self.root, job_id)
+            data = self.storage.get_bytes(paths.key(SPEC)) if paths is not None else None
+        except StorageError as exc:
+            raise ApiProblem(503, "Storage unavailable", f"could not read job {job_id}: {exc}") from exc
+        if data is None:
+            return None
+        try:
+            job = _job_of(JobSpec.model_validate_json(data), paths)
+        except ValueError as exc:
+            log.warning("job %s: unreadable %s (%s)", job_id, SPEC, exc)
+            return None
+        with self.lock:
+            return self.jobs.setdefault(job_id, job)
+
+    def _refresh(self, jobs: list[Job]) -> None:
+        """Bring records up to date from where the truth lives (a no-op for the local executor)."""
+        try:
+            for job in jobs:
+                self.executor.refresh(job)
+        except StorageError as exc:
+            self.metrics.errors.labels("storage").inc()
+            raise ApiProblem(503, "Storage unavailable", f"could not read the job's state: {exc}") from exc
+
     def cancel(self, job_id: str, caller: Caller = LOCAL) -> Job:
+        """Stop a job: the marker first (every replica and worker reads it), then its tasks."""
         job = self.get(job_id, caller)
         if job.state in TERMINAL_STATES and job.state != "failed":
             raise ApiProblem(409, "Conflict", f"job {job_id} has already {job.state}")
@@ -357,8 +426,20 @@ class JobManager:
                 job.key(CANCELLED), canonical_json({"cancelled": datetime.now(UTC).isoformat()})
             )
         except StorageError as exc:
+            if self.shared:  # without the marker, the workers and the other replicas would not know
+                raise ApiProblem(503, "Storage unavailable", f"could not record the cancel: {exc}") from exc
             log.warning("job %s: could not record the cancellation (%s)", job_id, exc)
-        if job.state in ("queued", "failed"):
+        try:
+            self.executor.cancel(job)
+        except SchedulerUnavailable as exc:  # its workers stop at cancelled.json all the same
+            log.warning("job %s: %s; its tasks stop when they read the marker", job_id, exc)
+        if self.shared:
+            try:  # a manifest written in the moment before the marker: the cancel wins
+                self.storage.delete(job.key(MANIFEST))
+            except StorageError as exc:
+                log.warning("job %s: could not remove a manifest after the cancel (%s)", job_id, exc)
+            job.state, job.error = "cancelled", None
+        elif job.state in ("queued", "failed"):
             job.state = "cancelled"
         return job
 
@@ -369,7 +450,10 @@ class JobManager:
                 409, "Conflict", f"only a failed job can be resumed; job {job_id} is {job.state}"
             )
         job.state, job.error = "queued", None
-        self.queue.put(job)
+        try:
+            self.executor.resume(job)
+        except SchedulerUnavailable as exc:
+            raise ApiProblem(503, "Scheduler unavailable", str(exc)) from exc
         return job
 
     def counts(self) -> dict[str, int]:
@@ -429,180 +513,12 @@ class JobManager:
             self.metrics.errors.labels("storage").inc()
             raise ApiProblem(503, "Storage unavailable", f"could not sign a shard URL: {exc}") from exc
 
-    # ---- running ----------------------------------------------------------------------------------
 
-    def _worker(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                job = self.queue.get(timeout=POLL_S)
-            except queue.Empty:
-                continue
-            if job.cancel.is_set() or job.state == "cancelled":
-                job.state = "cancelled"
-                continue
-            try:
-                self._run(job)
-            except Exception:  # never let a worker die
-                log.exception("job %s crashed", job.id)
-                job.state, job.error = "failed", "internal error (logged); resuming the job retries it"
-
-    def _run(self, job: Job) -> None:
-        job.state, job.error = "running", None
-        try:
-            model = self.catalog.get(f"{job.spec.model_name}/{job.spec.model_version}")
-        except (StoreError, BackendError) as exc:
-            job.state, job.error = "failed", f"model {job.spec.model_name}/{job.spec.model_version}: {exc}"
-            return
-        if model.card_sha256 != job.spec.model_card_sha256:
-            job.state, job.error = "failed", "the model's card changed since the job was submitted"
-            return
-        failing_since, delay, done_at_failure = None, 0.5, -1
-        while True:
-            job.run_started, job.images_at_start, job.images_encoded = time.monotonic(), job.images_done, 0
-            try:
-                spec = self._whole_spec(job)  # its label rows, for this run only
-                self._find_committed(job, spec)
-                job.images_at_start = job.images_done  # the shards found in storage; the rest is made now
-                self._produce(job, spec, model)
-                self._write_manifest(job, spec)
-                job.state = "succeeded"
-                log.info("job %s succeeded: %d images", job.id, job.images_done)
-                return
-            except Cancelled:
-                job.state = "cancelled"
-                return
-            except Interrupted:
-                return
-            except StorageError as exc:
-                self.metrics.errors.labels("storage").inc()
-                if failing_since is None or len(job.committed) > done_at_failure:
-                    failing_since, delay, done_at_failure = time.monotonic(), 0.5, len(job.committed)
-                waited = time.monotonic() - failing_since
-                if waited >= self.settings.storage_retry_seconds:
-                    job.state = "failed"
-                    job.error = (
-                        f"storage unavailable for {waited:.0f}s: {exc}; the job keeps its "
-                        f"{len(job.committed)} committed shards and resumes with POST {job.id}/resume "
-                        "or a gateway restart"
-                    )
-                    return
-                log.warning("job %s: storage error (%s); retrying in %.1fs", job.id, exc, delay)
-                if job.cancel.wait(delay) or self.stopping.is_set():
-                    continue  # the next attempt notices and stops
-                delay = min(delay * 2, 10.0)
-            except BackendError as exc:
-                self.metrics.errors.labels("backend").inc()
-                job.state, job.error = "failed", f"backend: {exc}"
-                return
-            except StageFailed as exc:
-                log.error("job %s failed", job.id, exc_info=exc.error)
-                job.state, job.error = "failed", str(exc)
-                return
-
-    def _check(self, job: Job) -> None:
-        if job.cancel.is_set():
-            raise Cancelled()
-        if self.stopping.is_set():
-            raise Interrupted()
-
-    def _whole_spec(self, job: Job) -> JobSpec:
-        """The job's spec with its label rows, read from its job.json when it has any."""
-        if not job.has_rows:
-            return job.spec
-        data = self.storage.get_bytes(job.key(SPEC))
-        if data is None:
-            raise StorageError(f"{job.key(SPEC)} is missing")
-        return JobSpec.model_validate_json(data)
-
-    def _find_committed(self, job: Job, spec: JobSpec) -> None:
-        """Shards already in storage (from this run or an earlier gateway) count as committed."""
-        self._check(job)
-        # The job's own objects only: a folder below it (another job's, from before nesting was refused)
-        # holds shards of the same names that are not this job's.
-        names = {key.rpartition("/")[2] for key in self.storage.list_folder(job.base + "/")}
-        plan = None
-        for index in range(job.spec.shards_total):
-            name = shard_name(index)
-            if name in names and index not in job.committed:
-                plan = plan or label_rules.LabelPlan.of(spec, self.model_of(job).prior_patterns)
-                digest = Digest()
-                for chunk in self.storage.iter_bytes(job.key(name)):
-                    digest.add(chunk)
-                indices = shard_indices(job.spec, index)
-                counts = label_rules.positive_counts(plan(indices), job.spec.label_names)
-                job.committed[index] = ShardEntry(
-                    name=name,
-                    sha256=digest.sha.hexdigest(),
-                    bytes=digest.size,
-                    images=len(indices),
-                    first_index=indices.start,
-                    label_counts=counts,
-                )
-
-    def model_of(self, job: Job) -> LoadedModel:
-        return self.catalog.get(f"{job.spec.model_name}/{job.spec.model_version}")
-
-    def _produce(self, job: Job, spec: JobSpec, model: LoadedModel) -> None:
-        pending = [i for i in range(job.spec.shards_total) if i not in job.committed]
-        if not pending:
-            return
-        check = lambda: self._check(job)  # noqa: E731
-        with Pipeline(job, spec, model, pending, self.settings.batch_size, self.metrics, check) as pipeline:
-            for index in pending:
-                self._upload(job, pipeline.shard(index))
-
-    def _upload(self, job: Job, shard: ShardReader) -> None:
-        """Stream one shard from the pipeline into storage, then count it as committed."""
-        digest, name = Digest(), shard_name(shard.shard_index)
-        t0 = time.perf_counter()
-        self.storage.put_stream(job.key(name), (digest.add(chunk) for chunk in shard))
-        if shard.end is None:
-            raise StorageError(f"{name}: the upload ended before the shard did")
-        self.metrics.upload.observe(time.perf_counter() - t0)
-        indices = shard.end.indices
-        job.committed[shard.shard_index] = ShardEntry(
-            name=name,
-            sha256=digest.sha.hexdigest(),
-            bytes=digest.size,
-            images=len(indices),
-            first_index=indices.start,
-            label_counts=shard.end.label_counts or {},
-        )
-        self.metrics.shards.inc()
-        self.metrics.images.labels(f"{job.spec.model_name}/{job.spec.model_version}").inc(len(indices))
-
-    def _write_manifest(self, job: Job, spec: JobSpec) -> None:
-        self._check(job)
-        shards = [job.committed[i] for i in range(job.spec.shards_total)]
-        for index, entry in enumerate(shards):  # the manifest claims no shard that is not there
-            found = self.storage.size(job.key(entry.name))
-            if found != entry.bytes:
-                del job.committed[index]  # the retry makes it again
-                what = "missing" if found is None else f"{found} bytes, not {entry.bytes}"
-                raise StorageError(f"{entry.name} is {what} in storage; writing it again")
-        totals = {name: sum(s.label_counts.get(name, 0) for s in shards) for name in job.spec.label_names}
-        manifest = Manifest(
-            job_id=job.id,
-            model={
-                "name": job.spec.model_name,
-                "version": job.spec.model_version,
-                "card_sha256": job.spec.model_card_sha256,
-            },
-            spec=spec,
-            images=sum(s.images for s in shards),
-            shards=shards,
-            label_counts=totals,
-        )
-        stored = manifest.model_dump(mode="json", exclude={"shards": {"__all__": {"url"}}})
-        data = json.dumps(stored, indent=1, sort_keys=True).encode()
-        self.storage.put_bytes(job.key(MANIFEST), data)
-
-
-def _job_of(spec: JobSpec, base: str) -> Job:
+def _job_of(spec: JobSpec, paths: JobPaths) -> Job:
     """The in-memory record of a job: its spec without the label rows."""
     if spec.label_rows is None:
-        return Job(spec, base)
-    return Job(spec.model_copy(update={"label_rows": None}), base, has_rows=True)
+        return Job(spec, paths)
+    return Job(spec.model_copy(update={"label_rows": None}), paths, has_rows=True)
 
 
 def _spec_json(spec: JobSpec) -> bytes:

@@ -18,6 +18,9 @@ PROBE_TIMEOUT_S = 5.0  # inside the chart's readinessProbe timeoutSeconds (10), 
 
 
 class StorageProbe:
+    """Runs `storage.check()`; also any other object with a `check()` that raises when it is not ready
+    (the Dask executor's, which asks the scheduler)."""
+
     def __init__(self, storage: Storage, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         self.storage, self.timeout_s = storage, timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thorax-probe")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.access import parse_keys
@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     s3_public_secure: bool | None = None
     storage_retry_seconds: float = Field(default=60.0, ge=0)  # keep retrying storage this long, then fail
 
+    # where jobs run: "local" (this process's threads, one gateway replica) or "dask" (the shards are
+    # tasks on a Dask cluster's workers; any number of gateway replicas share the bucket)
+    executor: Literal["local", "dask"] = "local"
+    dask_scheduler: str | None = Field(default=None, validate_default=True)  # tcp://host:8786
+
     # limits
     max_count: int = Field(default=1_000_000, ge=1)
     max_shard_size: int = Field(default=10_000, ge=1)
@@ -64,3 +69,10 @@ class Settings(BaseSettings):
     @property
     def admin_key_set(self) -> frozenset[str]:
         return frozenset(key for key, admin in parse_keys(self.api_keys).items() if admin)
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _dask_needs_a_scheduler(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("executor") == "dask" and not value:
+            raise ValueError("the dask executor needs the scheduler's address, e.g. tcp://host:8786")
+        return value

@@ -206,3 +206,67 @@ def gateway(env: dict[str, str], workdir: Path, start_timeout: float = 90.0, rea
     finally:
         _stop_group(proc)
         log.close()
+
+
+def _dask_executable() -> str:
+    bin_dir = Path(sys.executable).parent
+    executable = shutil.which("dask", path=str(bin_dir)) or shutil.which("dask")
+    if executable is None:
+        raise RuntimeError("the `dask` command is missing: pip install distributed")
+    return executable
+
+
+def _wait_for_line(proc: subprocess.Popen, log_path: Path, text: str, timeout: float, what: str) -> None:
+    """Wait until `text` appears in a process's log; fails when it exits or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while text not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log_path.read_text(errors='replace')[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready: {log_path.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def dask_scheduler(workdir: Path, start_timeout: float = 60.0):
+    """`dask scheduler` on a free loopback port, no dashboard; yields its address, tcp://127.0.0.1:PORT."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = workdir / f"scheduler-{port}.out"
+    log = open(log_path, "wb")
+    cmd = [_dask_executable(), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        _wait_for_line(proc, log_path, "Scheduler at:", start_timeout, "the Dask scheduler")
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+@contextmanager
+def dask_worker(address: str, env: dict[str, str], workdir: Path, name: str, start_timeout: float = 90.0):
+    """One `dask worker` process (1 thread, no nanny: a SIGKILL kills the worker itself) on loopback with
+    the given THORAX_ settings; yields the process once it has registered with the scheduler. The caller
+    may SIGKILL it; it is stopped in any case."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"worker-{name}.out"
+    log = open(log_path, "wb")
+    cmd = [
+        _dask_executable(), "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
+        "--no-dashboard", "--name", name, "--local-directory", str(workdir / name),
+    ]  # fmt: skip
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )  # fmt: skip
+    try:
+        _wait_for_line(proc, log_path, "Registered to:", start_timeout, f"Dask worker {name}")
+        yield proc
+    finally:
+        _stop_group(proc)
+        log.close()

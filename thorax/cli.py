@@ -301,6 +301,7 @@ def _gateway_settings(**overrides: object):
 def _cmd_generate(args: argparse.Namespace) -> int:
     """`thorax generate`: one batch job of the gateway, run in this process (no server): WebDataset
     shards and a manifest in a local folder, or in S3 when THORAX_S3_ENDPOINT is set."""
+    import os
     import time
 
     from pydantic import ValidationError
@@ -315,6 +316,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     overrides: dict = {"resume_on_start": args.resume}
     if args.out:
         overrides["storage_dir"] = Path(args.out)
+    if args.executor:
+        overrides["executor"] = args.executor
+    if args.scheduler:
+        overrides["dask_scheduler"] = args.scheduler
+    if args.executor == "dask" and not (args.scheduler or os.environ.get("THORAX_DASK_SCHEDULER")):
+        needs = "--executor dask needs --scheduler ADDRESS (tcp://host:8786) or THORAX_DASK_SCHEDULER"
+        raise UserError(needs)
     settings = _gateway_settings(**overrides)
     if not args.resume:
         fixed = {name: value for name, value in args.label}
@@ -349,7 +357,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             print(f"job {job.id}: {job.spec.count} images, seed {job.spec.seed}, into {where}/")
         last = 0.0
         while any(j.state not in TERMINAL_STATES for j in jobs):
-            time.sleep(0.2)
+            time.sleep(0.5 if manager.shared else 0.2)
+            if manager.shared:  # the workers make the job: its state is in storage and the scheduler
+                jobs = [manager.get(j.id) for j in jobs]
             if time.monotonic() - last >= args.progress_every:
                 last = time.monotonic()
                 for job in jobs:
@@ -367,6 +377,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             print(f"`thorax generate --resume{out}` finishes the failed jobs from their first missing shard")
         return 1 if failed else 0
     except KeyboardInterrupt:
+        if manager.shared:
+            print("interrupted; the job goes on in the Dask cluster (its state: the manifest in storage)")
+            return 130
         print(
             f"interrupted; `thorax generate --resume{' --out ' + args.out if args.out else ''}` finishes it"
         )
@@ -558,6 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="local folder (default THORAX_STORAGE_DIR, thorax-data); ignored with S3")
     p.add_argument("--resume", action="store_true", help="finish the unfinished jobs in --out; submit none")
     p.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
+    p.add_argument("--executor", choices=["local", "dask"],
+                   help="local: this process's threads; dask: the shards as tasks on a Dask cluster, "
+                   "whose workers need this run's THORAX_ storage settings "
+                   "(default: THORAX_EXECUTOR, else local)")  # fmt: skip
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="the Dask scheduler, tcp://host:8786 (default: THORAX_DASK_SCHEDULER)")  # fmt: skip
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("serve", help="run the gateway (POST /generate -> shards in a folder or S3)")

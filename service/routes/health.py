@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from thoraxclient.schemas import Problem
 
 from service import deps
+from service.executors import SchedulerUnavailable
 from service.probes import StorageProbe
 from service.problems import ApiProblem
 from service.storage import StorageError
@@ -40,6 +41,15 @@ async def readyz(request: Request, catalog: deps.CatalogDep, storage: deps.Stora
     except TimeoutError:
         log.warning("readiness: storage %s did not answer within %g s", storage.location, probe.timeout_s)
         raise ApiProblem(503, "Not ready", f"storage did not answer within {probe.timeout_s:g} s") from None
+    scheduler: StorageProbe | None = request.app.state.scheduler_probe  # with THORAX_EXECUTOR=dask
+    if scheduler is not None:
+        try:
+            await scheduler.check()
+        except SchedulerUnavailable as exc:
+            log.warning("readiness: %s", exc)
+            raise ApiProblem(503, "Not ready", "the Dask scheduler is not reachable") from None
+        except TimeoutError:
+            raise ApiProblem(503, "Not ready", "the Dask scheduler did not answer in time") from None
     return {"status": "ready", "models": loaded}
 
 

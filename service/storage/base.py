@@ -33,6 +33,9 @@ class Storage(Protocol):
 
     def iter_bytes(self, key: str) -> Iterator[bytes]: ...
 
+    def delete(self, key: str) -> None:
+        """Remove an object; one that is not there is no error."""
+
     def list(self, prefix: str) -> list[str]:
         """Every key under a prefix, recursively, sorted."""
 

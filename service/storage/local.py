@@ -85,6 +85,12 @@ class LocalStorage:
         with open(self._path(key), "rb") as fh:
             yield from iter(lambda: fh.read(1 << 20), b"")
 
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"removing {key}: {exc}") from exc
+
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():

@@ -161,6 +161,9 @@ class S3Storage:
             response.close()
             response.release_conn()
 
+    def delete(self, key: str) -> None:
+        self._call(f"removing {key}", self.client.remove_object, bucket_name=self.bucket, object_name=key)
+
     def list(self, prefix: str) -> list[str]:
         objects = self._call(
             f"listing {prefix or '/'}",
