@@ -58,6 +58,7 @@ ALL_ON_CREATED_SECRET = {
     "torchserve": {"enabled": True, "model": "cxr64/1", "resources": {"requests": {"cpu": "2"}}},
     "s3": {"inCluster": {"enabled": True, "persistence": {"enabled": True, "size": "5Gi"}}},
     "config": {"defaultModel": "cxr64/1", "storagePrefix": "jobs", "s3Region": "us-east-1"},
+    "dask": {"enabled": True},  # gateway autoscaling needs the Dask executor
 }
 # Every feature on, the other way round: an existing Secret, the model store on a PVC.
 ALL_ON_EXISTING_SECRET = {
@@ -69,6 +70,7 @@ ALL_ON_EXISTING_SECRET = {
     "models": {"source": "pvc", "persistence": {"existingClaim": "thorax-models", "subPath": "store"}},
     "torchserve": {"enabled": True, "resources": {"requests": {"cpu": "4"}}},
     "s3": {"inCluster": {"enabled": True, "persistence": {"enabled": True, "existingClaim": "s3-data"}}},
+    "dask": {"scheduler": "tcp://dask-scheduler.hpc.example.org:8786"},  # an existing cluster
 }
 # Local storage (no S3 endpoint): a single gateway writing to an emptyDir.
 LOCAL_STORAGE = {
@@ -87,9 +89,15 @@ def readme_values() -> dict:
 # `--set torchserve.enabled=true` alone: TorchServe's default CPU request lets its autoscaler render.
 TORCHSERVE_ONLY = {"torchserve": {"enabled": True}}
 
+# Dask in the cluster alone (`--set dask.enabled=true`), and an existing Dask cluster's scheduler.
+DASK_ONLY = {"dask": {"enabled": True}}
+DASK_EXISTING = {"dask": {"scheduler": "tcp://10.0.0.5:8786"}, "replicaCount": 3}
+
 CASES = {
     "defaults": {},
     "torchserve-only": TORCHSERVE_ONLY,
+    "dask-only": DASK_ONLY,
+    "dask-existing-cluster": DASK_EXISTING,
     "all-on-created-secret": ALL_ON_CREATED_SECRET,
     "all-on-existing-secret": ALL_ON_EXISTING_SECRET,
     "local-storage": LOCAL_STORAGE,
@@ -434,6 +442,19 @@ def test_schema_rejects_wrong_values(chart, values: dict, where: str) -> None:
             "set torchserve.resources.requests.cpu",
         ),
         ({"autoscaling": {"enabled": True}}, "set resources.requests.cpu"),
+        # a job's progress lives in one gateway's memory with the local executor
+        ({"replicaCount": 2}, "2 gateway replicas need the Dask executor"),
+        (
+            {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": "1"}}},
+            "4 gateway replicas need the Dask executor",
+        ),
+        ({"config": {"executor": "dask"}}, "needs dask.enabled=true or dask.scheduler"),
+        ({"dask": {"enabled": True, "scheduler": "tcp://x:8786"}}, "set one of them"),
+        ({"dask": {"enabled": True}, **LOCAL_STORAGE}, "needs S3 storage"),
+        (
+            {"dask": {"enabled": True, "worker": {"resources": {"requests": {"cpu": None}}}}},
+            "set dask.worker.resources.requests.cpu",
+        ),
     ],
 )
 def test_inconsistent_values_fail_to_render(chart, values: dict, message: str) -> None:
@@ -523,3 +544,56 @@ def test_fetch_models_copies_a_store_that_then_verifies(chart, tmp_path) -> None
     ]  # fmt: skip
     (copied,) = list_models(copy)
     verify(copied)
+
+
+# ---- Dask: one job over many workers, any number of gateway replicas ------------------------------
+
+
+def test_dask_deploys_a_scheduler_and_autoscaled_workers_from_the_gateway_image(chart) -> None:
+    docs = render(chart, DASK_ONLY)
+    gateway_image = gateway(docs)["image"]
+    scheduler = find(docs, "Deployment", "thorax-dask-scheduler")["spec"]["template"]["spec"]
+    (container,) = scheduler["containers"]
+    assert container["image"] == gateway_image and container["command"][:2] == ["dask", "scheduler"]
+    port = find(docs, "Service", "thorax-dask-scheduler")["spec"]["ports"][0]["port"]
+    env = environment(docs, gateway(docs))
+    assert (
+        env["THORAX_EXECUTOR"] == "dask"
+        and env["THORAX_DASK_SCHEDULER"] == f"tcp://thorax-dask-scheduler:{port}"
+    )
+    workers = find(docs, "Deployment", "thorax-dask-worker")["spec"]
+    spec = workers["template"]["spec"]
+    worker = spec["containers"][0]
+    assert worker["image"] == gateway_image
+    assert worker["command"][:3] == ["dask", "worker", env["THORAX_DASK_SCHEDULER"]]
+    assert (
+        "--no-nanny" in worker["command"]
+        and worker["command"][worker["command"].index("--nthreads") + 1] == "1"
+    )
+    worker_env = environment(docs, worker)  # the gateway's settings: the same bucket and model store
+    assert {k: v for k, v in worker_env.items() if k.startswith("THORAX_")} == {
+        k: v for k, v in env.items() if k.startswith("THORAX_")
+    }
+    assert [c["name"] for c in spec["initContainers"]] == ["fetch-models", "verify-models"]
+    hpa = find(docs, "HorizontalPodAutoscaler", "thorax-dask-worker")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "thorax-dask-worker" and "replicas" not in workers
+    assert worker["resources"]["requests"]["cpu"] == "1"
+    assert find(docs, "Deployment", RELEASE)["spec"]["replicas"] == 2  # the default with Dask
+    # readiness includes the scheduler: the gateway's /readyz asks it (service/routes/health.py)
+    assert gateway(docs)["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert "Jobs run on Dask" in notes(chart, DASK_ONLY)
+
+
+def test_an_existing_dask_cluster_deploys_no_scheduler(chart) -> None:
+    docs = render(chart, DASK_EXISTING)
+    assert not [d for d in docs if "dask" in d["metadata"]["name"]]
+    env = environment(docs, gateway(docs))
+    assert env["THORAX_EXECUTOR"] == "dask" and env["THORAX_DASK_SCHEDULER"] == "tcp://10.0.0.5:8786"
+    assert find(docs, "Deployment", RELEASE)["spec"]["replicas"] == 3
+
+
+def test_the_local_executor_keeps_one_gateway_replica(chart) -> None:
+    docs = render(chart, {})
+    assert find(docs, "Deployment", RELEASE)["spec"]["replicas"] == 1
+    assert environment(docs, gateway(docs))["THORAX_EXECUTOR"] == "local"
+    assert render(chart, {"replicaCount": 0})[0]  # scaled to nothing is allowed

@@ -107,7 +107,41 @@ decides (the TorchServe backend, the in-cluster S3 endpoint). Each key becomes T
 {{- $_ := set $settings "s3Endpoint" (printf "%s:%v" (include "thorax.s3Name" .) .Values.s3.inCluster.port) }}
 {{- $_ := set $settings "s3Secure" false }}
 {{- end }}
+{{- if and .Values.dask.enabled .Values.dask.scheduler }}
+{{- fail "dask.enabled deploys a scheduler; dask.scheduler names an existing one: set one of them" }}
+{{- else if .Values.dask.enabled }}
+{{- $_ := set $settings "executor" "dask" }}
+{{- $_ := set $settings "daskScheduler" (printf "tcp://%s:%v" (include "thorax.daskSchedulerName" .) .Values.dask.schedulerPort) }}
+{{- else if .Values.dask.scheduler }}
+{{- $_ := set $settings "executor" "dask" }}
+{{- $_ := set $settings "daskScheduler" .Values.dask.scheduler }}
+{{- else if and (eq (toString $settings.executor) "dask") (not $settings.daskScheduler) }}
+{{- fail "config.executor=dask needs dask.enabled=true or dask.scheduler (an existing cluster's address)" }}
+{{- end }}
 {{- toJson $settings }}
+{{- end }}
+
+{{- define "thorax.daskSchedulerName" -}}
+{{- printf "%s-dask-scheduler" (include "thorax.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "thorax.daskWorkerName" -}}
+{{- printf "%s-dask-worker" (include "thorax.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Gateway replicas: replicaCount, else 2 with the Dask executor and 1 with the local one. With the local
+executor a job's progress lives in one replica's memory: more than one replica fails to render.
+*/}}
+{{- define "thorax.replicas" -}}
+{{- $settings := include "thorax.settings" . | fromJson }}
+{{- $dask := eq (toString $settings.executor) "dask" }}
+{{- $replicas := ternary (ternary 2 1 $dask) .Values.replicaCount (kindIs "invalid" .Values.replicaCount) | int }}
+{{- $most := ternary (.Values.autoscaling.maxReplicas | int) $replicas .Values.autoscaling.enabled }}
+{{- if and (gt $most 1) (not $dask) }}
+{{- fail (printf "%d gateway replicas need the Dask executor (dask.enabled or dask.scheduler): with the local executor a job lives in one replica's memory" $most) }}
+{{- end }}
+{{- $replicas }}
 {{- end }}
 
 {{/*
