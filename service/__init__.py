@@ -6,7 +6,11 @@ environment variables (`service/settings.py`). Layout:
 
     app.py          create_app(settings): routers, problem+json errors, request ids, lifespan
     routes/         health (healthz, readyz, metrics), jobs, models (cards, preview, visualize)
-    jobs.py         JobManager: submit, resume, the inference -> encode -> upload pipeline, manifests
+    jobs.py         JobManager: job bookkeeping (submit, look up, list, cancel, resume) from storage
+    work.py         one unit of work: make shard i of job J (infer, encode, upload), and the manifest
+    executors.py    where shards are made: this process's threads, or tasks on a Dask cluster
+    layout.py       a job's keys in storage, and the index that finds a job from its id
+    pipeline.py     the overlapping inference -> encoding stages of a shard
     labels.py       request labels -> one label vector per image (vectors, names, per image, prior)
     imaging.py      area downsampling, deterministic PNG and DICOM encoders, the preview grid
     shards.py       WebDataset tar members with fixed metadata
