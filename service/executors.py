@@ -42,6 +42,7 @@ log = logging.getLogger("thorax.gateway")
 TASK_RETRIES = 3  # a task that raised runs again this often; a lost worker's tasks are rescheduled anyway
 CONNECT_S = 10.0  # how long a gateway waits for the scheduler before a request is answered 503
 CANCEL_POLL_S = 0.5  # how often a worker looks for the job's cancelled.json while making a shard
+REFRESH_S = 0.5  # a gateway reads a job's state from storage and the scheduler at most this often
 
 
 class SchedulerUnavailable(Exception):
@@ -314,6 +315,9 @@ class DaskExecutor:
         (running, failed); a job the scheduler has lost is submitted again."""
         if job.state in ("succeeded", "cancelled"):
             return  # final: a cancel wins over a manifest, and no manifest follows a cancel
+        if time.monotonic() - job.refreshed < REFRESH_S:
+            return  # clients polling fast cost the scheduler and storage one look per REFRESH_S
+        job.refreshed = time.monotonic()
         try:  # the scheduler first: a task it has forgotten has written its shard or manifest already
             states = task_states(self.client(), job_keys(job.id, job.spec.shards_total))
         except SchedulerUnavailable as exc:

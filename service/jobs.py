@@ -75,6 +75,7 @@ class Job:
     run_started: float | None = None
     images_at_start: int = 0
     images_encoded: int = 0  # this run's images through the encoder: the rate, before shards commit
+    refreshed: float = 0.0  # when its state was last read from storage and the scheduler (Dask)
 
     @property
     def id(self) -> str:
