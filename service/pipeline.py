@@ -13,10 +13,12 @@ whether a thread is alive, so a slow stage is only slow.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,11 +27,17 @@ from thoraxclient.schemas import JobSpec
 from service import labels as label_rules
 from service.backends import BackendError
 from service.catalog import LoadedModel
-from service.imaging import dicom_bytes, downsample, png_bytes
+from service.imaging import DicomEncoder, downsample, png_bytes
 from service.metrics import Metrics
 from service.shards import canonical_json, image_key, tar_end, tar_member
 
 POLL_S = 0.2  # seconds between checks of the stop flags while waiting on a queue
+# Threads that encode a batch's images, shared by every job of the process. PNG's zlib runs outside the
+# GIL, so they share that work; DICOM is mostly Python, made fast by encoding its shared elements once
+# (bench/pipeline_speed.py measures both).
+ENCODE_THREADS = os.cpu_count() or 1
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
 
 
 class Cancelled(Exception):
@@ -112,6 +120,11 @@ class SampleEncoder:
         self.model_ref = f"{spec.model_name}/{spec.model_version}"
         self.model_info = {"name": spec.model_name, "version": spec.model_version,
                            "card_sha256": spec.model_card_sha256}  # fmt: skip
+        self.dicom = None
+        if spec.format == "dicom":
+            self.dicom = DicomEncoder(
+                model=self.model_ref, model_sha=spec.model_card_sha256, spec_sha=self.spec_hash
+            )
 
     def __call__(self, index: int, image: np.ndarray, label_row: np.ndarray) -> bytes:
         spec, key = self.spec, image_key(index)
@@ -119,9 +132,7 @@ class SampleEncoder:
         if spec.format == "png":
             image_member = tar_member(f"{key}.png", png_bytes(image))
         else:
-            dicom = dicom_bytes(image, model=self.model_ref, model_sha=spec.model_card_sha256,
-                                spec_sha=self.spec_hash, index=index, labels=values)  # fmt: skip
-            image_member = tar_member(f"{key}.dcm", dicom)
+            image_member = tar_member(f"{key}.dcm", self.dicom(image, index=index, labels=values))
         record = {
             "key": key, "index": index, "seed": spec.seed, "model": self.model_info, "labels": values,
             "label_vector": list(values.values()),  # in the model's label order
@@ -224,10 +235,11 @@ class Pipeline:
                 _put(out, ShardEnd(item.shard_index, item.indices, label_counts), self.stop)
                 continue
             t0 = time.perf_counter()
-            data = b"".join(
-                encoder(i, image, row)
-                for i, image, row in zip(item.indices, item.images, item.labels, strict=True)
-            )
+            pool = encoding_pool()
+            if pool is None or len(item.indices) == 1:
+                data = b"".join(map(encoder, item.indices, item.images, item.labels))
+            else:  # in order: a shard's bytes do not depend on the threads
+                data = b"".join(pool.map(encoder, item.indices, item.images, item.labels))
             counts[item.shard_index] = counts.get(item.shard_index, 0) + (item.labels >= 0.5).sum(axis=0)
             self.job.images_encoded += len(item.indices)
             self.metrics.encoding.labels(spec.format).observe(time.perf_counter() - t0)
@@ -256,6 +268,17 @@ class ShardReader:
                 self.end = item
                 return
             yield item.data
+
+
+def encoding_pool() -> ThreadPoolExecutor | None:
+    """The process's encoding threads (None for one: encode in the encoder thread itself)."""
+    global _pool
+    if ENCODE_THREADS <= 1:
+        return None
+    with _pool_lock:
+        if _pool is None or _pool[0] != ENCODE_THREADS:
+            _pool = (ENCODE_THREADS, ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="thorax-encode"))
+        return _pool[1]
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> None:
