@@ -17,3 +17,13 @@ if ! command -v dciodvfy >/dev/null 2>&1; then
     echo "install-dev: install dicom3tools (dciodvfy) for the DICOM tests" >&2
   fi
 fi
+# The console's browser tests: Debian's headless Chromium and its driver (skipped when present).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    echo "install-dev: install chromium and chromium-driver for the console's browser tests" >&2
+  fi
+fi
