@@ -74,7 +74,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=4000)
     parser.add_argument("--shard-size", type=int, default=250)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per gateway or worker")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="THORAX_ONNX_THREADS of each gateway and worker"
+    )
     args = parser.parse_args()
     if args.store:
         os.environ["THORAX_MODEL_STORE"] = str(Path(args.store).resolve())
@@ -99,7 +101,8 @@ def main() -> None:
             stack.enter_context(dask_worker(address, dask_env, root / "workers", "w2"))
             rates["dask, 2 workers"] = measure(url, args, 30)
     print(f"model {model.ref}, {args.count} images in shards of {args.shard_size}, batch {args.batch}, "
-          f"{args.threads} onnxruntime thread(s) per process, {os.cpu_count()} CPUs")  # fmt: skip
+          f"{args.threads} inference thread(s) per process (THORAX_BACKEND as set, else auto), "
+          f"{os.cpu_count()} CPUs")  # fmt: skip
     for name, rate in rates.items():
         print(f"  {name:16s} {rate:7.1f} images/s")
     print(f"  dask 1 worker / local:  {rates['dask, 1 worker'] / rates['local']:.2f}  (goal: at least 0.85)")
