@@ -278,6 +278,10 @@ def test_the_quick_check_on_a_runs_generator_folder_judges_against_its_cohort(
     assert (
         len(saved["controllability"]["labels"]) == 14 and 0 <= saved["controllability"]["labels_rising"] <= 14
     )
+    assert len(saved["controllability"]["real_reference"]["labels"]) == 14
+    assert saved["controllability"]["real_reference"]["images"] == nih["test"]
+    recorded = saved["real_classifier"]["file"]  # within the cache, not a path on this machine
+    assert recorded.startswith("classifiers/") and not Path(recorded).is_absolute()
     assert "classifier_checks" not in saved and "memorisation" not in saved
     assert not (folder / "model_card.json").exists()  # a run's folder has no card to fill
     assert any(line.startswith("sweep: ") for line in lines) and any("collapse: " in x for x in lines)

@@ -1124,7 +1124,11 @@ def evaluate_model(
         )
     if checks & {"classifier", "sweep", "collapse"}:
         t0 = time.perf_counter()
-        real, evaluation["real_classifier"] = real_trained_classifier(data, px, opts, progress)
+        real, info = real_trained_classifier(data, px, opts, progress)
+        cache_file = info["file"]
+        if cache_file:  # recorded within the cache folder, not as a path on this machine
+            info = {**info, "file": Path(cache_file).relative_to(classifier_cache.cache_root()).as_posix()}
+        evaluation["real_classifier"] = info
         timings["classifier_real_s"] = time.perf_counter() - t0
     if "classifier" in checks:
         results, check_figures = classifier_checks(
@@ -1138,14 +1142,12 @@ def evaluate_model(
     if "sweep" in checks:
         t0 = time.perf_counter()
         evaluation["controllability"] = controllability(generate, G.latent_dim, names, real.model, px, opts)
-        evaluation["controllability"]["real_reference"] = cohort_score_gap(
-            data, real.model, px, evaluation["real_classifier"]["file"]
-        )
+        evaluation["controllability"]["real_reference"] = cohort_score_gap(data, real.model, px, cache_file)
         timings["sweep_s"] = time.perf_counter() - t0
         _print_sweep(evaluation["controllability"], progress)
     if "collapse" in checks:
         t0 = time.perf_counter()
-        spread = cohort_spread(data, real.model, px, evaluation["real_classifier"]["file"])
+        spread = cohort_spread(data, real.model, px, cache_file)
         evaluation["collapse"] = collapse(generate, G.latent_dim, names, real.model, px, spread, opts)
         timings["collapse_s"] = time.perf_counter() - t0
         _print_collapse(evaluation["collapse"], progress)
