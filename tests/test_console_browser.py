@@ -4,7 +4,8 @@ on 127.0.0.1 with the tiny model, an API key and a folder of real radiographs fo
 It checks what a user would: a wrong key gets a clear message, moving a slider changes the preview, a
 job submitted from the form reaches 100 % and its gallery shows its images, and a reader study taken by
 two scripted readers shows the accuracies and the kappa computed here by hand, with the timer moving on
-by itself and no way back. Screenshots go to the test's folder (and to $THORAX_SCREENSHOTS when set).
+by itself and no way back. Screenshots go to the test's folder (and to $THORAX_SCREENSHOTS when set;
+$THORAX_CONSOLE_STORE serves another model store, e.g. the shipped one for the README's pictures).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.servers import gateway
 
 pytestmark = pytest.mark.slow
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra)")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -49,7 +51,8 @@ def site(tiny_store: Path, study_folder: Path, tmp_path_factory):
     """(gateway URL, storage folder)."""
     work = tmp_path_factory.mktemp("console-gateway")
     env = {
-        "THORAX_MODEL_STORE": str(tiny_store), "THORAX_STORAGE_DIR": str(work / "data"),
+        "THORAX_MODEL_STORE": os.environ.get("THORAX_CONSOLE_STORE", str(tiny_store)),
+        "THORAX_STORAGE_DIR": str(work / "data"),
         "THORAX_ONNX_THREADS": "1", "THORAX_API_KEYS": KEY, "THORAX_STUDY_IMAGES": str(study_folder),
     }  # fmt: skip
     with gateway(env, work) as (url, _):
@@ -89,7 +92,21 @@ def screenshot(driver, shots: list[Path], name: str) -> None:
 
 
 def wait(driver, condition, what: str):
-    return WebDriverWait(driver, WAIT_S).until(lambda d: condition(d), message=f"waited for {what}")
+    """`condition(driver)` once truthy; pages that poll redraw their elements, so a stale one is a retry."""
+    waiting = WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
+    return waiting.until(lambda d: condition(d), message=f"waited for {what}")
+
+
+def text(driver, css: str) -> str | None:
+    """The text of the first element matching `css`, read in one step in the page (None if none)."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e && e.textContent", css
+    )
+
+
+def attribute(driver, css: str, name: str) -> str | None:
+    script = "const e = document.querySelector(arguments[0]); return e && e.getAttribute(arguments[1])"
+    return driver.execute_script(script, css, name)
 
 
 def find(driver, css: str):
@@ -119,8 +136,8 @@ def test_a_wrong_key_gets_a_clear_message(site, browser, shots) -> None:
     screenshot(browser, shots, "console-wrong-key")
     browser.find_element(By.ID, "key-input").send_keys(KEY, Keys.ENTER)
     wait(browser, lambda d: "accepted" in message(d), "the key to be accepted")
-    wait(browser, lambda d: find(d, "a.card[href='#/models/tiny/1']"), "the model list")
-    browser.get(f"{url}/console/#/models/tiny/1")  # the key is kept for the session
+    card = wait(browser, lambda d: find(d, "a.card"), "the model list")
+    browser.get(card.get_attribute("href"))  # the key is kept for the session
     wait(browser, lambda d: "Training data" in d.find_element(By.ID, "view").text, "the model page")
     wait(browser, lambda d: d.execute_script("return [...document.images].some(i => i.naturalWidth > 0)"),
          "the model's figures")  # fmt: skip
@@ -129,7 +146,7 @@ def test_a_wrong_key_gets_a_clear_message(site, browser, shots) -> None:
 def test_moving_a_slider_changes_the_preview(site, browser, shots) -> None:
     url, _ = site
     open_console(browser, url, "#/studio")
-    digest = lambda d: (find(d, "#preview") or {}).get_attribute("data-digest")  # noqa: E731
+    digest = lambda d: attribute(d, "#preview", "data-digest")  # noqa: E731
     first = wait(browser, digest, "the first preview")
     slider = wait(browser, lambda d: find(d, "input[data-label='Cardiomegaly']"), "the sliders")
     slider.send_keys(Keys.END)  # to 1, as a user drags it
@@ -166,10 +183,10 @@ def test_a_job_from_the_form_reaches_100_percent_and_shows_its_images(site, brow
     job_id = browser.current_url.rsplit("/", 1)[1]
     browser.get(f"{url}/console/#/jobs")
     row = f"tr[data-job='{job_id}'] .progress span"
-    wait(browser, lambda d: find(d, row) is not None and find(d, row).text == "100 %", "the job at 100 %")
+    wait(browser, lambda d: text(d, row) == "100 %", "the job at 100 %")
     screenshot(browser, shots, "console-jobs")
 
-    browser.find_element(By.CSS_SELECTOR, f"tr[data-job='{job_id}'] a").click()
+    browser.execute_script("document.querySelector(arguments[0]).click()", f"tr[data-job='{job_id}'] a")
     loaded = "return [...document.querySelectorAll('#gallery img')].filter(i => i.naturalWidth > 0).length"
     wait(browser, lambda d: d.execute_script(loaded) == 12, "the gallery's 12 images")
     titles = [f.get_attribute("title") for f in browser.find_elements(By.CSS_SELECTOR, "#gallery figure")]
@@ -218,7 +235,7 @@ def test_a_reader_study_taken_by_two_scripted_readers(site, browser, shots) -> N
     open_console(browser, url, f"#/studies/{record['id']}")
 
     def cell(d, row: str, col: str) -> str:
-        return d.find_element(By.CSS_SELECTOR, f"tr[data-row='{row}'] [data-col='{col}']").text
+        return text(d, f"tr[data-row='{row}'] [data-col='{col}']")
 
     wait(browser, lambda d: find(d, "tr[data-row='group:all readers:all']"), "the results")
     assert cell(browser, "reader:ana:all", "accuracy") == f"{100 * right(ana):.1f} %"

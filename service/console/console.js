@@ -655,7 +655,7 @@ async function studyView(id) {
       h("td", { class: "num", "data-col": "accuracy" }, pct(r.accuracy), r.accuracy_se !== null && r.accuracy_se !== undefined ? ` ± ${pct(r.accuracy_se)}` : ""),
       h("td", { class: "num", "data-col": "sensitivity" }, pct(r.sensitivity)),
       h("td", { class: "num", "data-col": "specificity" }, pct(r.specificity)),
-      h("td", { class: "num", "data-col": "kappa" }, r.kind === "group" ? `${num(r.kappa)} (${r.kappa_images ?? 0} images)` : ""))));
+      h("td", { class: "num", "data-col": "kappa" }, r.kind === "group" && r.kappa_images !== null ? `${num(r.kappa)} (${r.kappa_images} images)` : ""))));
   };
   leaveView = poll(async () => { try { await load(); } catch (error) { head.replaceChildren(errorBox(error)); } }, 2000);
 }
