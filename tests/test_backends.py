@@ -19,6 +19,7 @@ from service.backends.onnx import cuda_available
 from service.catalog import Catalog
 from service.settings import Settings
 from tests.gateway_helpers import wait_for_job
+from thorax.latents import latents_for
 from thorax.store import REPO_STORE, open_model
 
 openvino = pytest.importorskip("openvino", reason="the openvino backend is not installed")
@@ -91,6 +92,39 @@ def test_openvino_bf16_agrees_within_one_grey_level_on_99_percent_of_pixels(refe
     model = open_model("cxr64/2", REPO_STORE)
     backend = open_backend(model, Settings(), "openvino", "bf16")
     assert (backend.name, backend.precision) == ("openvino", "bf16")
+    worst, within = within_one(grey(backend), reference)
+    assert within >= 0.99 and worst <= 8, (worst, within)
+
+
+@pytest.mark.parametrize("ref", ["cxr64/2", "nih64/1"])  # nih64: the labels feed every block too
+def test_the_split_graph_run_in_fp32_gives_the_onnxruntime_images(ref: str) -> None:
+    """The bf16 backend runs the generator as two graphs, cut at 16 px; run both halves in fp32 here
+    (any CPU), chained, and they must give the one graph's images."""
+    from service.backends.openvino import split_at  # after the importorskip above
+
+    model = open_model(ref, REPO_STORE)
+    head, tail = split_at(model.file("onnx"), 16)
+    assert tail is not None and tail.inputs[0].get_any_name() == "features"
+    core, fp32 = openvino.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
+    head, tail = core.compile_model(head, "CPU", fp32), core.compile_model(tail, "CPU", fp32)
+    latent_dim = model.card()["architecture"]["latent_dim"]
+    z = latents_for(5, range(8), latent_dim)
+    labels = (np.random.default_rng(5).random((8, 14)) < 0.15).astype(np.float32)
+    inputs = {"z": z, "labels": labels}
+    features = head(inputs)[0]
+    tail_inputs = {i.get_any_name(): inputs.get(i.get_any_name(), features) for i in tail.inputs}
+    if ref == "nih64/1":
+        assert set(tail_inputs) == {"features", "labels"}
+    images = backends.to_grey(tail(tail_inputs)[0])
+    reference = open_backend(model, Settings(), "onnxruntime", "fp32").generate(5, list(range(8)), labels)
+    assert within_one(images, reference)[0] <= 1
+
+
+@needs_bf16
+def test_openvino_bf16_serves_a_generator_with_labels_in_every_block() -> None:
+    model = open_model("nih64/1", REPO_STORE)
+    backend = open_backend(model, Settings(), "openvino", "bf16")
+    reference = grey(open_backend(model, Settings(), "onnxruntime", "fp32"))
     worst, within = within_one(grey(backend), reference)
     assert within >= 0.99 and worst <= 8, (worst, within)
 

@@ -37,9 +37,26 @@ def _upsample_inputs(model: ov.Model) -> list[ov.Output]:
     ]
 
 
+def _parameters_reached(model_results: list, candidates: list) -> list:
+    """The candidate Parameter nodes that the results depend on (the labels, where a generator feeds
+    them into its later blocks too), in the candidates' order. Nodes are compared by their unique
+    names: openvino hands out a new Python object for a node at every call."""
+    reached, seen, stack = set(), set(), list(model_results)
+    while stack:
+        node = stack.pop()
+        if (name := node.get_name()) in seen:
+            continue
+        seen.add(name)
+        if node.get_type_name() == "Parameter":
+            reached.add(name)
+        stack.extend(i.get_source_output().get_node() for i in node.inputs())
+    return [c for c in candidates if c.get_name() in reached]
+
+
 def split_at(onnx_path: Path, fp32_up_to: int) -> tuple[ov.Model, ov.Model | None]:
-    """(head, tail): the graph up to the features at `fp32_up_to` px, and the rest fed by them. The
-    tail is None when the whole generator is at or below that resolution."""
+    """(head, tail): the graph up to the features at `fp32_up_to` px, and the rest fed by them (and by
+    the labels where the later blocks take them too). The tail is None when the whole generator is at or
+    below that resolution."""
     core = ov.Core()
     head = core.read_model(str(onnx_path))
     cuts = [
@@ -55,7 +72,8 @@ def split_at(onnx_path: Path, fp32_up_to: int) -> tuple[ov.Model, ov.Model | Non
     fed = ov.opset13.parameter(source.get_partial_shape(), source.get_element_type(), name="features")
     for target in list(source.get_target_inputs()):
         target.replace_source_output(fed.output(0))
-    return head_model, ov.Model(tail.get_results(), [fed], "tail")
+    also = _parameters_reached(list(tail.get_results()), list(tail.get_parameters()))
+    return head_model, ov.Model(tail.get_results(), [fed, *also], "tail")
 
 
 class OpenVinoBackend:
@@ -85,6 +103,11 @@ class OpenVinoBackend:
         self.tail = tail and core.compile_model(tail, "CPU", {**config, "INFERENCE_PRECISION_HINT": "bf16"})
         self.precision = "bf16" if tail is not None or head_precision == "bf16" else "fp32"
         self.requests = (self.head.create_infer_request(), self.tail and self.tail.create_infer_request())
+        # the graph inputs besides the features that the tail takes too (the labels, for a generator
+        # with labels in every block)
+        self.tail_inputs = [
+            n for p in (tail.get_parameters() if tail else []) if (n := p.get_friendly_name()) != "features"
+        ]
         self.lock = threading.Lock()  # an infer request runs one call at a time
 
     def generate(self, seed: int, indices: list[int], labels: np.ndarray) -> np.ndarray:
@@ -99,9 +122,10 @@ class OpenVinoBackend:
         with self.lock:
             for start in range(0, padded, self.chunk):
                 part = slice(start, start + self.chunk)
-                x = head.infer({"z": z[part], "labels": labels[part]})[0]
+                inputs = {"z": z[part], "labels": labels[part]}
+                x = head.infer(inputs)[0]
                 if tail is not None:
-                    x = tail.infer([x])[0]
+                    x = tail.infer({"features": x, **{n: inputs[n] for n in self.tail_inputs}})[0]
                 out.append(to_grey(x))  # [chunk, H, W]; to_grey copies out of the request's buffer
         return np.concatenate(out)[:n]
 
