@@ -4,7 +4,7 @@
 
 const KEY_STORE = "thorax.apiKey";
 const DRAFT_STORE = "thorax.jobDraft";
-const PREVIEW_DELAY_MS = 150; // debounce: the preview follows a slider within about 300 ms
+const PREVIEW_DELAY_MS = 100; // debounce: a drag sends one request, and the preview follows it within about 300 ms
 const view = document.getElementById("view");
 let leaveView = () => {}; // stops the current view's polling
 
