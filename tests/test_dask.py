@@ -246,7 +246,10 @@ def test_both_gateways_killed_mid_job_and_restarted_finish_it_as_one_local_gatew
 def test_a_cancel_through_b_stops_the_work_a_submitted(cluster: Cluster) -> None:
     """B cancels a job that A submitted: its tasks stop on the workers, no shard follows and no manifest."""
     a, b = cluster.gateways
-    job = submit(a, {**JOB, "seed": 17})
+    # ten times the usual job, so that on a busy machine it is still running when the cancel arrives
+    # (600 images took a few seconds); a cancelled job stops within a shard, so this costs no time
+    large = {**JOB, "count": 10 * JOB["count"], "seed": 17}
+    job = submit(a, large)
     wait_until(lambda: status(b, job["id"])["shards_done"] >= 1, 120, "a committed shard")
     cancelled = httpx.delete(f"{b}/v1/jobs/{job['id']}", timeout=30)
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
@@ -256,7 +259,7 @@ def test_a_cancel_through_b_stops_the_work_a_submitted(cluster: Cluster) -> None
     time.sleep(2)  # a bounded look for anything that would still arrive
     after = cluster.names(folder)
     assert after == before and "manifest.json" not in after and "cancelled.json" in after
-    assert len([n for n in after if n.startswith("shard-")]) < JOB["count"] // JOB["shard_size"]
+    assert len([n for n in after if n.startswith("shard-")]) < large["count"] // large["shard_size"]
     assert status(a, job["id"])["state"] == "cancelled"
     assert httpx.delete(f"{a}/v1/jobs/{job['id']}", timeout=30).status_code == 409
 

@@ -222,8 +222,10 @@ def test_models_commands(store: Path) -> None:
 
     listed = thorax("models", "list")
     assert listed.returncode == 0 and listed.stdout.startswith("* tiny/1")
-    shown = thorax("models", "show", "tiny")
+    shown = thorax("models", "show", "tiny", "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["labels"]["names"] == list(NIH_LABELS)
+    summary = thorax("models", "show", "tiny")  # the readable summary names the model and its labels
+    assert summary.returncode == 0 and "tiny/1" in summary.stdout and "Cardiomegaly" in summary.stdout
     assert thorax("models", "verify").stdout.strip() == "ok  tiny/1"
     missing = thorax("models", "show", "nope")
     assert missing.returncode == 2 and "no model 'nope'" in missing.stderr
