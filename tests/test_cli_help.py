@@ -117,7 +117,9 @@ def test_models_show_is_a_summary_and_json_is_the_whole_card() -> None:
 
     whole = thorax("models", "show", DEFAULT, "--json")
     assert whole.returncode == 0 and json.loads(whole.stdout) == card.model_dump(mode="json")
-    other = thorax("models", "show", "nih64")
-    assert other.returncode == 0 and other.stdout.startswith("nih64/1: ") and "cohort: " in other.stdout
+    other = thorax("models", "show", "cxr64/2")  # a model that is not the default: no "(the default model)"
+    assert other.returncode == 0 and other.stdout.startswith("cxr64/2: ")
+    adult = thorax("models", "show", "nih64/1")  # a one-cohort model names its cohort
+    assert adult.returncode == 0 and adult.stdout.startswith("nih64/1: ") and "cohort: " in adult.stdout
     wrong = thorax("models", "list", "--json")
     assert wrong.returncode == 2 and "models: --json goes with show, not list" in wrong.stderr
