@@ -48,15 +48,7 @@ def make_shard(
             raise StorageError(f"{name}: the upload ended before the shard did")
         metrics.upload.observe(time.perf_counter() - t0)
     indices = shard.end.indices
-    entry = ShardEntry(
-        name=name,
-        sha256=digest.sha.hexdigest(),
-        bytes=digest.size,
-        images=len(indices),
-        first_index=indices.start,
-        label_counts=shard.end.label_counts or {},
-    )
-    storage.put_bytes(paths.entry_key(shard_index), entry.model_dump_json().encode())
+    entry = _record(storage, paths, shard_index, digest, indices, shard.end.label_counts or {})
     metrics.shards.inc()
     metrics.images.labels(f"{spec.model_name}/{spec.model_version}").inc(len(indices))
     return entry
@@ -71,13 +63,21 @@ def entry_from_bytes(
         digest.add(chunk)
     indices = shard_indices(spec, shard_index)
     plan = label_rules.LabelPlan.of(spec, prior_patterns)
+    counts = label_rules.positive_counts(plan(indices), spec.label_names)
+    return _record(storage, paths, shard_index, digest, indices, counts)
+
+
+def _record(
+    storage: Storage, paths: JobPaths, shard_index: int, digest: Digest, indices: range, label_counts: dict
+) -> ShardEntry:
+    """The shard's entry from its digest, image indices and label counts, written to the job index."""
     entry = ShardEntry(
-        name=name,
+        name=shard_name(shard_index),
         sha256=digest.sha.hexdigest(),
         bytes=digest.size,
         images=len(indices),
         first_index=indices.start,
-        label_counts=label_rules.positive_counts(plan(indices), spec.label_names),
+        label_counts=label_counts,
     )
     storage.put_bytes(paths.entry_key(shard_index), entry.model_dump_json().encode())
     return entry
