@@ -19,43 +19,23 @@ Needs `pip install -e .[service,test]`. With `--count 4000` at about 150 images/
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.http_jobs import timed_job  # noqa: E402
 from tests.servers import dask_scheduler, dask_worker, gateway, seaweedfs  # noqa: E402
 from thorax.store import open_model  # noqa: E402
-
-
-def _call(url: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
 
 POLL_S = 1.0  # status polls: each costs a Dask gateway a scheduler call and a few storage reads
 
 
 def run_job(url: str, body: dict, timeout: float = 3600) -> float:
     """Seconds from POST /generate to the job's success (to within POLL_S)."""
-    t0 = time.perf_counter()
-    job = _call(f"{url}/generate", body)
-    deadline = time.monotonic() + timeout
-    while (status := _call(job["url"]))["state"] in ("queued", "running"):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"job not finished after {timeout}s: {status}")
-        time.sleep(POLL_S)
-    seconds = time.perf_counter() - t0
-    if status["state"] != "succeeded":
-        raise RuntimeError(f"job {status['state']}: {status['error']}")
-    return seconds
+    return timed_job(url, body, timeout, POLL_S)[0]
 
 
 def measure(url: str, args: argparse.Namespace, seed: int) -> float:

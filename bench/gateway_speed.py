@@ -16,15 +16,14 @@ time: at 30 images/s, `--small 200 --scale 100` is about 11 minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.http_jobs import timed_job  # noqa: E402
 from service.backends import open_backend  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.servers import gateway, seaweedfs  # noqa: E402
@@ -45,13 +44,6 @@ def raw_rate(model, batch: int, threads: int, seconds: float) -> tuple[float, st
     return done / (time.perf_counter() - t0), f"{backend.name} {backend.precision}"
 
 
-def _call(url: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
-
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -62,16 +54,7 @@ def peak_rss_mib(pid: int) -> float:
 def run_job(env: dict, workdir: Path, body: dict, timeout: float) -> tuple[float, float, dict]:
     """One job in a fresh gateway: (seconds from POST to success, peak RSS in MiB, final status)."""
     with gateway(env, workdir) as (url, proc):
-        t0 = time.perf_counter()
-        job = _call(f"{url}/generate", body)
-        deadline = time.monotonic() + timeout
-        while (status := _call(job["url"]))["state"] in ("queued", "running"):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"job not finished after {timeout}s: {status}")
-            time.sleep(0.05)
-        seconds = time.perf_counter() - t0
-        if status["state"] != "succeeded":
-            raise RuntimeError(f"job {status['state']}: {status['error']}")
+        seconds, status = timed_job(url, body, timeout, poll_s=0.05)
         return seconds, peak_rss_mib(proc.pid), status
 
 
