@@ -916,29 +916,38 @@ def real_trained_classifier(
     return result, {**info, "cached": False, "file": str(path) if opts.cache else None}
 
 
-def cohort_spread(data: CohortData, model: torch.nn.Module, px: int, cache_file: str | None) -> dict:
-    """`real_spread` over the cohort's training and test images, kept beside the cached classifier
-    (it depends on nothing else), so that a warm quick check loads no real image."""
-    if cache_file and (found := classifier_cache.load_extra(Path(cache_file), "collapse_real_spread")):
+def _beside_classifier(cache_file: str | None, name: str, compute: Callable[[], dict]) -> dict:
+    """`compute()`, kept under `name` beside the cached classifier: a warm run loads it instead (it
+    depends on nothing but the classifier and the cohort's real images)."""
+    if cache_file and (found := classifier_cache.load_extra(Path(cache_file), name)):
         return found
-    train, test = data.split("train"), data.split("test")
-    reals = torch.cat([train.images_at(px), test.images_at(px)])
-    labels = torch.cat([train.labels, test.labels])
-    spread = real_spread(list(data.label_names), model, reals, labels, train.labels)
+    value = compute()
     if cache_file:
-        classifier_cache.save_extra(Path(cache_file), "collapse_real_spread", spread)
-    return spread
+        classifier_cache.save_extra(Path(cache_file), name, value)
+    return value
+
+
+def cohort_spread(data: CohortData, model: torch.nn.Module, px: int, cache_file: str | None) -> dict:
+    """`real_spread` over the cohort's training and test images, kept beside the cached classifier,
+    so that a warm quick check loads no real image."""
+
+    def compute() -> dict:
+        train, test = data.split("train"), data.split("test")
+        reals = torch.cat([train.images_at(px), test.images_at(px)])
+        labels = torch.cat([train.labels, test.labels])
+        return real_spread(list(data.label_names), model, reals, labels, train.labels)
+
+    return _beside_classifier(cache_file, "collapse_real_spread", compute)
 
 
 def cohort_score_gap(data: CohortData, model: torch.nn.Module, px: int, cache_file: str | None) -> dict:
     """`real_score_gap` on the cohort's test split, kept beside the cached classifier."""
-    if cache_file and (found := classifier_cache.load_extra(Path(cache_file), "sweep_real_gap")):
-        return found
-    test = data.split("test")
-    gap = real_score_gap(list(data.label_names), model, test.images_at(px), test.labels)
-    if cache_file:
-        classifier_cache.save_extra(Path(cache_file), "sweep_real_gap", gap)
-    return gap
+
+    def compute() -> dict:
+        test = data.split("test")
+        return real_score_gap(list(data.label_names), model, test.images_at(px), test.labels)
+
+    return _beside_classifier(cache_file, "sweep_real_gap", compute)
 
 
 # ---- the command -------------------------------------------------------------------------------

@@ -100,7 +100,8 @@ class JobSpec(_Strict):
     # What makes the pixels: its shards are always made with these, so that the same spec gives the same
     # bytes (None in jobs made before they were recorded: onnxruntime, fp32).
     backend: str | None = Field(
-        default=None, description="the generator's backend: onnxruntime, onnxruntime-cuda, openvino, torchserve"
+        default=None,
+        description="the generator's backend: onnxruntime, onnxruntime-cuda, openvino, torchserve",
     )
     precision: str | None = Field(default=None, description="the backend's arithmetic: fp32 or bf16")
 
