@@ -290,11 +290,13 @@ def conditioning_summary(cfg) -> str:
         parts[0] = "labels embedded to the latent's width at the input"
     if cfg.label_modulation:
         parts.append(f"a {cfg.label_modulation}-d label embedding scales and shifts every block's features")
-    parts.append(
-        "projection critic (linear label embedding) plus the ACGAN head"
-        if cfg.projection
-        else "ACGAN head on the critic"
-    )
+    acgan = f"the ACGAN head (weight {cfg.label_weight:g})" if cfg.label_weight else ""
+    if cfg.projection:
+        parts.append(
+            "projection critic (linear label embedding)" + (f" plus {acgan}" if acgan else ", no ACGAN head")
+        )
+    else:
+        parts.append(f"{acgan} on the critic" if acgan else "no label term in the critic")
     if cfg.cond_ramp_end_kimg > cfg.cond_ramp_start_kimg:
         parts.append(
             f"conditioning ramped in from {cfg.cond_ramp_start_kimg:g} to {cfg.cond_ramp_end_kimg:g} kimg"
