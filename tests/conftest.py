@@ -42,3 +42,11 @@ def tiny_store(tmp_path_factory, tiny_run: Path) -> Path:
     root = tmp_path_factory.mktemp("store")
     export_model(tiny_run, "tiny", "1", store=root, make_default=True)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_store_env(tiny_store: Path):
+    """THORAX_MODEL_STORE pointed at the tiny store for a module's tests (gateways made in-process)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("THORAX_MODEL_STORE", str(tiny_store))
+        yield tiny_store

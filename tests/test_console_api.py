@@ -26,11 +26,7 @@ from thorax.reader_stats import fleiss_kappa
 KEY = "console-key"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def store_env(tiny_store: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("THORAX_MODEL_STORE", str(tiny_store))
-        yield tiny_store
+pytestmark = pytest.mark.usefixtures("tiny_store_env")  # every test here serves tiny/1
 
 
 @pytest.fixture(scope="module")

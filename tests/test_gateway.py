@@ -21,12 +21,7 @@ from tests.gateway_helpers import TERMINAL, read_with_webdataset, samples, sha25
 from thorax.labels import NIH_LABELS
 from thorax.pictures import difference_overlay
 
-
-@pytest.fixture(scope="module", autouse=True)
-def store_env(tiny_store: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("THORAX_MODEL_STORE", str(tiny_store))
-        yield tiny_store
+pytestmark = pytest.mark.usefixtures("tiny_store_env")  # every test here serves tiny/1
 
 
 def settings(tmp: Path, **overrides) -> Settings:

@@ -14,12 +14,7 @@ from service.app import create_app
 from service.settings import Settings
 from tests.gateway_helpers import samples, wait_for_job, wait_until
 
-
-@pytest.fixture(scope="module", autouse=True)
-def store_env(tiny_store: Path):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("THORAX_MODEL_STORE", str(tiny_store))
-        yield tiny_store
+pytestmark = pytest.mark.usefixtures("tiny_store_env")  # every test here serves tiny/1
 
 
 def gateway_settings(tmp: Path, **overrides) -> Settings:
