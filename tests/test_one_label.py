@@ -65,6 +65,7 @@ def test_the_export_carries_one_label_and_the_cohort(store: Path) -> None:
     card = json.loads((folder / "model_card.json").read_text())
     assert card["labels"]["names"] == ["Pneumonia"]
     assert set(card["training_data"]["label_counts"]) == {"Pneumonia"}
+    assert card["training_data"]["cohort"] == "Kermany children"
     graph = onnx.load(str(folder / "generator.onnx")).graph
     labels = next(i for i in graph.input if i.name == "labels")
     assert labels.type.tensor_type.shape.dim[1].dim_value == 1
