@@ -177,3 +177,34 @@ def test_patient_weighting_gives_a_patient_of_many_images_the_weight_of_one() ->
     assert torch.isclose(w.sum(), torch.tensor(1.0))
     both = label_row_weights(labels, 0.5, patients)
     assert torch.allclose(both, w)  # one label everywhere: the rare-label factor is the same for all
+
+
+def test_the_label_head_can_learn_from_real_images_only() -> None:
+    from training.loss import discriminator_loss
+
+    real_logits = torch.randn(4, LABELS, requires_grad=True)
+    fake_logits = torch.randn(4, LABELS, requires_grad=True)
+    labels = torch.rand(4, LABELS)
+    score = torch.randn(4)
+    both = discriminator_loss(score, score, real_logits, fake_logits, labels, labels, 0.001, 1.0)
+    reals = discriminator_loss(score, score, real_logits, fake_logits, labels, labels, 0.001, 1.0, False)
+    assert both["label"].item() > reals["label"].item() > 0
+    reals["total"].backward()
+    assert fake_logits.grad is None and real_logits.grad.abs().sum() > 0  # fakes do not teach the head
+
+
+def test_a_config_can_start_from_another_and_change_one_setting(tmp_path) -> None:
+    base = load_config("nih64").to_dict()
+    for name, change in (("nih64-acreal", {"name": "nih64-acreal", "label_loss_fakes": False}),
+                         ("nih64-projection", {"name": "nih64-projection", "label_weight": 0.0})):
+        derived = load_config(name).to_dict()
+        assert {k: v for k, v in derived.items() if k != "description"} == {
+            **{k: v for k, v in base.items() if k != "description"}, **change
+        }
+    (tmp_path / "a.toml").write_text('base = "b.toml"\nname = "a"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\nname = "b"\n')
+    with pytest.raises(UserError, match="loop"):
+        load_config(str(tmp_path / "a.toml"))
+    (tmp_path / "c.toml").write_text('base = "no-such-config"\nname = "c"\n')
+    with pytest.raises(UserError, match="no config 'no-such-config'"):
+        load_config(str(tmp_path / "c.toml"))

@@ -209,9 +209,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         for model in list_models():
             card = model.card()
             mark = "*" if model.ref == default else " "
-            arch = card["architecture"]
+            arch, n = card["architecture"], len(card["labels"]["names"])
             print(f"{mark} {model.ref:20s} {arch['resolution']:5d} px  {arch['kimg']:7g} kimg  "
-                  f"{len(card['labels']['names'])} labels  created {card['created']}")  # fmt: skip
+                  f"{n:2d} label{'s' if n != 1 else ' '}  created {card['created']}")  # fmt: skip
         return 0
     if args.action == "show":
         from thoraxclient.model_card import ModelCard

@@ -46,6 +46,8 @@ class TrainConfig:
     gp_every: int = 1  # compute the penalty every k-th step (scaled by k); 1 = every step
     drift: float = 0.001
     label_weight: float = 1.0
+    # The critic's label head learns from generated images too (ACGAN); False = from real images only.
+    label_loss_fakes: bool = True
     # Mode seeking (Mao et al. 2019, MSGAN) against collapse by conditioning: in the generator's step
     # pairs of images share a label vector but not a latent, and the loss adds
     # diversity_weight / (mean |G(z1, c) - G(z2, c)| / mean |z1 - z2| + 1e-5). 0 = off.
@@ -176,19 +178,45 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> TrainConfig:
     return cfg
 
 
-def load_config(name_or_path: str) -> TrainConfig:
-    """Load a config by name (``cxr64`` finds ``training/configs/cxr64.toml``) or by file path."""
+def _find(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.toml"
     if not path.is_file():
         names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
         raise UserError(f"no config {name_or_path!r} (a file path, or one of: {names})")
+    return path
+
+
+def _read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The config's settings, with those of its `base` config (by name or path) underneath them."""
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise UserError(f"config {path}: its base configs form a loop: {chain}")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config {path}: not valid TOML: {exc}") from None
-    return config_from_dict(raw, str(path))
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise UserError(f"config {path}: base must be the name or path of another config, not {base!r}")
+    base_path = _find(base) if base and not Path(base).suffix else (path.parent / base)
+    if not base_path.is_file():
+        raise UserError(f"config {path}: its base {base!r} is not a config (no file {base_path})")
+    merged = _read_raw(base_path, (*seen, path.resolve()))
+    merged.update(raw)  # stages, when given, replace the base's stages as a whole
+    return merged
+
+
+def load_config(name_or_path: str) -> TrainConfig:
+    """Load a config by name (``cxr64`` finds ``training/configs/cxr64.toml``) or by file path.
+
+    A config may start from another one: ``base = "nih64"`` takes every setting of ``nih64.toml`` and
+    the file's own settings replace those (a ``[[stages]]`` list replaces the base's whole schedule)."""
+    path = _find(name_or_path)
+    return config_from_dict(_read_raw(path), str(path))
 
 
 __all__ = ["StageConfig", "TrainConfig", "config_from_dict", "load_config", "CONFIG_DIR"]

@@ -291,6 +291,8 @@ def conditioning_summary(cfg) -> str:
     if cfg.label_modulation:
         parts.append(f"a {cfg.label_modulation}-d label embedding scales and shifts every block's features")
     acgan = f"the ACGAN head (weight {cfg.label_weight:g})" if cfg.label_weight else ""
+    if acgan and not cfg.label_loss_fakes:
+        acgan = acgan[:-1] + ", trained on real images only)"
     if cfg.projection:
         parts.append(
             "projection critic (linear label embedding)" + (f" plus {acgan}" if acgan else ", no ACGAN head")
@@ -346,7 +348,8 @@ def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -
             "total_kimg": cfg.total_kimg,
             "complete": meta["images_shown"] >= round(cfg.total_kimg * 1000),
             "loss": f"WGAN-GP (lambda {cfg.gp_lambda:g}, every {cfg.gp_every} step(s)), drift {cfg.drift:g}, "
-            f"auxiliary per-label sigmoid cross-entropy (weight {cfg.label_weight:g}) on reals and fakes",
+            f"auxiliary per-label sigmoid cross-entropy (weight {cfg.label_weight:g}) "
+            + ("on reals and fakes" if cfg.label_loss_fakes else "on reals for the critic, on fakes for the generator"),
             "ema_beta": cfg.ema_beta,
             "precision": "bf16 autocast, gradient penalty in fp32" if meta.get("bf16") else "fp32",
             "conditioning": conditioning_summary(cfg),

@@ -49,11 +49,19 @@ def discriminator_loss(
     fake_labels: torch.Tensor,
     drift: float,
     label_weight: float,
+    label_loss_fakes: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """The critic's loss without the penalty: Wasserstein estimate, drift, label loss on both sides."""
+    """The critic's loss without the penalty: Wasserstein estimate, drift and the label loss, on real
+    and generated images (ACGAN), or on real images alone when `label_loss_fakes` is False.
+
+    On fakes too, the critic's label head can learn whatever mark the generator uses for a label, and
+    the two agree on a code that need not look like the disease. On reals alone the head only learns
+    what real radiographs with the label look like, and the generator is pushed towards that."""
     wasserstein = fake_score.float().mean() - real_score.float().mean()
     drift_term = real_score.float().square().mean()
-    labels = label_loss(real_logits, real_labels) + label_loss(fake_logits, fake_labels)
+    labels = label_loss(real_logits, real_labels)
+    if label_loss_fakes:
+        labels = labels + label_loss(fake_logits, fake_labels)
     total = wasserstein + drift * drift_term + label_weight * labels
     return {"total": total, "wasserstein": wasserstein, "label": labels}
 

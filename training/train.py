@@ -289,6 +289,7 @@ class Trainer:
             fake_labels,
             cfg.drift,
             cfg.label_weight,
+            cfg.label_loss_fakes,
         )
         d_total = d["total"]
         if self.step % cfg.gp_every == 0:
