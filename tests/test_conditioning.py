@@ -195,11 +195,14 @@ def test_the_label_head_can_learn_from_real_images_only() -> None:
 
 def test_a_config_can_start_from_another_and_change_one_setting(tmp_path) -> None:
     base = load_config("nih64").to_dict()
-    for name, change in (("nih64-acreal", {"name": "nih64-acreal", "label_loss_fakes": False}),
-                         ("nih64-projection", {"name": "nih64-projection", "label_weight": 0.0})):
+    for name, change in (
+        ("nih64-acreal", {"name": "nih64-acreal", "label_loss_fakes": False}),
+        ("nih64-projection", {"name": "nih64-projection", "label_weight": 0.0}),
+    ):
         derived = load_config(name).to_dict()
         assert {k: v for k, v in derived.items() if k != "description"} == {
-            **{k: v for k, v in base.items() if k != "description"}, **change
+            **{k: v for k, v in base.items() if k != "description"},
+            **change,
         }
     (tmp_path / "a.toml").write_text('base = "b.toml"\nname = "a"\n')
     (tmp_path / "b.toml").write_text('base = "a.toml"\nname = "b"\n')

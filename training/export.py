@@ -349,7 +349,7 @@ def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -
             "complete": meta["images_shown"] >= round(cfg.total_kimg * 1000),
             "loss": f"WGAN-GP (lambda {cfg.gp_lambda:g}, every {cfg.gp_every} step(s)), drift {cfg.drift:g}, "
             f"auxiliary per-label sigmoid cross-entropy (weight {cfg.label_weight:g}) "
-            + ("on reals and fakes" if cfg.label_loss_fakes else "on reals for the critic, fakes for the generator"),
+            + ("on reals and fakes" if cfg.label_loss_fakes else "on reals (critic) and fakes (generator)"),
             "ema_beta": cfg.ema_beta,
             "precision": "bf16 autocast, gradient penalty in fp32" if meta.get("bf16") else "fp32",
             "conditioning": conditioning_summary(cfg),
