@@ -40,10 +40,11 @@ def neighbours_note() -> str:
         if proc.name.isdigit() and proc.name != str(os.getpid()):
             try:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
                 continue
             if "thorax train" in cmd:
-                busy.append("a `thorax train` run")
+                busy.append("a `thorax train` run" + (" (stopped)" if state == "T" else ""))
     return f"load average {load1:.2f}, {os.cpu_count()} cores" + (f"; beside {busy[0]}" if busy else "")
 
 
