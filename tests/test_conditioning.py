@@ -199,6 +199,10 @@ def test_a_config_can_start_from_another_and_change_one_setting(tmp_path) -> Non
         ("nih64-acreal", {"name": "nih64-acreal", "label_loss_fakes": False}),
         ("nih64-projection", {"name": "nih64-projection", "label_weight": 0.0}),
         ("nih64-acreal3", {"name": "nih64-acreal3", "label_loss_fakes": False, "label_weight": 3.0}),
+        (
+            "nih64-acreal-ms4",
+            {"name": "nih64-acreal-ms4", "label_loss_fakes": False, "diversity_weight": 0.4},
+        ),
     ):
         derived = load_config(name).to_dict()
         assert {k: v for k, v in derived.items() if k != "description"} == {
