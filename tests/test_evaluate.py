@@ -410,3 +410,20 @@ def test_the_real_reference_of_the_sweep_is_the_score_gap_between_images_with_an
     everyone = round((2 * brighter + 3 * darker) / 5, 4)
     assert mass == {"positives": 0, "positive_mean": None, "negative_mean": everyone, "gap": None}
     assert (found["labels_reaching_rise"], found["reaching"], found["images"]) == (1, ["Effusion"], 5)
+
+
+def test_a_balanced_judge_weighs_both_classes_of_each_label_alike(small_splits) -> None:
+    labels = torch.zeros(64, 3)
+    labels[:4, 0] = 1.0  # rare: 4 of 64
+    labels[:32, 1] = 1.0  # half
+    weights = clf.balanced_weights(labels)  # the third label has no positives
+    assert weights.tolist() == [15.0, 1.0, 1.0]
+    images = small_splits["train"].images_at(16)[:64]
+    per_image = F.binary_cross_entropy_with_logits(
+        torch.zeros(64, 3), labels, pos_weight=weights, reduction="none"
+    )  # at logit 0 every image costs log 2, times the weight for a positive
+    for k in (0, 1):  # the positives of each label weigh as much as its negatives
+        positive = labels[:, k] == 1
+        assert torch.isclose(per_image[positive, k].sum(), per_image[~positive, k].sum())
+    result = clf.train_classifier(images, labels, epochs=1, batch=16, balanced=True)
+    assert clf.predict(result.model, images).shape == (64, 3)

@@ -261,6 +261,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         min_positives=args.min_positives,
         collapse_latents=args.collapse_latents,
         cache=not args.no_cache,
+        balanced_judge=args.balanced_judge,
     )
     generator = Path(args.generator) if args.generator else None
     evaluation = evaluate_model(
@@ -543,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test positives a label needs for its AUC to be reported")  # fmt: skip
     p.add_argument("--collapse-latents", type=_positive_int, default=64,
                    help="generated images per label vector in the collapse detector")  # fmt: skip
+    p.add_argument("--balanced-judge", action="store_true",
+                   help="train the real-trained classifier with both classes of each label weighted "
+                   "alike (scores around 0.5, not near the prevalence): a second yardstick")  # fmt: skip
     p.add_argument("--no-cache", action="store_true",
                    help="train the real-trained classifier anew instead of reusing the cached one "
                    "($THORAX_CACHE_DIR, else ~/.cache/thorax)")  # fmt: skip

@@ -164,6 +164,14 @@ def mean_auc(targets: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else math.nan
 
 
+def balanced_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Per-label weight of the positives, negatives / positives of targets [N, K] (at least 1; a label
+    without positives gets 1): with it both classes of each label weigh alike in the loss."""
+    positives = targets.float().sum(dim=0)  # [K]
+    ratio = ((len(targets) - positives) / positives.clamp(min=1.0)).clamp(min=1.0)
+    return torch.where(positives > 0, ratio, torch.ones_like(ratio))
+
+
 def train_classifier(
     images: torch.Tensor,
     targets: torch.Tensor,
@@ -175,8 +183,12 @@ def train_classifier(
     lr: float = 1e-3,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    balanced: bool = False,
 ) -> TrainResult:
     """Train on images [N, 1, R, R] in [-1, 1] with targets [N, K] in 0..1; keep the best validation epoch.
+
+    `balanced` weighs each label's positives by (negatives / positives) of the training targets, so that
+    both classes count alike: scores then spread around 0.5 instead of sitting near each label's prevalence.
 
     Deterministic for a given seed (weights, order and augmentation come from seeded generators)."""
     if architecture == "densenet121" and images.shape[-1] < 32:
@@ -187,6 +199,7 @@ def train_classifier(
     steps_per_epoch = math.ceil(len(images) / batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
     rng = torch.Generator().manual_seed(seed)
+    pos_weight = balanced_weights(targets) if balanced else None
     best_state, best_epoch, best_auc, history = None, epochs - 1, -math.inf, []
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -198,7 +211,7 @@ def train_classifier(
             if len(idx) < 2:  # batch norm needs two images
                 continue
             x = _augment(images[idx].float(), rng)
-            loss = F.binary_cross_entropy_with_logits(model(x), targets[idx].float())
+            loss = F.binary_cross_entropy_with_logits(model(x), targets[idx].float(), pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

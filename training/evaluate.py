@@ -109,6 +109,9 @@ class EvalOptions:
         correlation_images: generated images per label for the correlation matrix.
         collapse_latents: generated images per label vector in the collapse detector.
         cache:           reuse (and store) the real-trained classifier in the cache folder.
+        balanced_judge:  train the real-trained classifier with each label's positives weighted by
+                         negatives / positives (scores around 0.5, not near the prevalence); a second
+                         yardstick for the sweep, reported as such. The other classifiers are unchanged.
     """
 
     count: int = 1000
@@ -124,6 +127,7 @@ class EvalOptions:
     correlation_images: int = 100
     collapse_latents: int = 64
     cache: bool = True
+    balanced_judge: bool = False
 
 
 # ---- SSIM and MS-SSIM --------------------------------------------------------------------------
@@ -897,9 +901,12 @@ def real_trained_classifier(
         "split_seed": data.split_seed,
         "label_names": list(data.label_names),
     }
+    if opts.balanced_judge:  # only then in the key, so that the default judge keeps its cache entry
+        key["balanced"] = True
     root = classifier_cache.cache_root()
     path = classifier_cache.entry_path(root, key)
     info = {"classifier": opts.classifier, "input_px": px, "epochs": opts.epochs}
+    info["balanced"] = opts.balanced_judge
     if opts.cache and (cached := classifier_cache.load_classifier(root, key, len(data.label_names))):
         progress(f"real-trained classifier from the cache: {path}")
         cached.model.to(memory_format=torch.channels_last)  # as below
@@ -908,7 +915,7 @@ def real_trained_classifier(
     progress(f"classifier ({opts.classifier}, {px} px, {opts.epochs} epochs) on {len(train)} real images")
     result = clf.train_classifier(
         train.images_at(px), train.labels, val.images_at(px), val.labels, opts.classifier, opts.epochs,
-        seed=opts.seed,
+        seed=opts.seed, balanced=opts.balanced_judge,
     )  # fmt: skip
     if opts.cache:
         classifier_cache.save_classifier(root, key, result)
