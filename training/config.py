@@ -202,9 +202,12 @@ def _read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return raw
     if not isinstance(base, str):
         raise UserError(f"config {path}: base must be the name or path of another config, not {base!r}")
-    base_path = _find(base) if base and not Path(base).suffix else (path.parent / base)
-    if not base_path.is_file():
-        raise UserError(f"config {path}: its base {base!r} is not a config (no file {base_path})")
+    if Path(base).suffix:  # a file, beside this one when relative
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise UserError(f"config {path}: its base {base!r} is not a config (no file {base_path})")
+    else:
+        base_path = _find(base)  # a name in training/configs
     merged = _read_raw(base_path, (*seen, path.resolve()))
     merged.update(raw)  # stages, when given, replace the base's stages as a whole
     return merged

@@ -905,8 +905,12 @@ def real_trained_classifier(
         key["balanced"] = True
     root = classifier_cache.cache_root()
     path = classifier_cache.entry_path(root, key)
-    info = {"classifier": opts.classifier, "input_px": px, "epochs": opts.epochs}
-    info["balanced"] = opts.balanced_judge
+    info = {
+        "classifier": opts.classifier,
+        "input_px": px,
+        "epochs": opts.epochs,
+        "balanced": opts.balanced_judge,
+    }
     if opts.cache and (cached := classifier_cache.load_classifier(root, key, len(data.label_names))):
         progress(f"real-trained classifier from the cache: {path}")
         cached.model.to(memory_format=torch.channels_last)  # as below

@@ -290,9 +290,8 @@ def conditioning_summary(cfg) -> str:
         parts[0] = "labels embedded to the latent's width at the input"
     if cfg.label_modulation:
         parts.append(f"a {cfg.label_modulation}-d label embedding scales and shifts every block's features")
-    acgan = f"the ACGAN head (weight {cfg.label_weight:g})" if cfg.label_weight else ""
-    if acgan and not cfg.label_loss_fakes:
-        acgan = acgan[:-1] + ", trained on real images only)"
+    reals_only = "" if cfg.label_loss_fakes else ", trained on real images only"
+    acgan = f"the ACGAN head (weight {cfg.label_weight:g}{reals_only})" if cfg.label_weight else ""
     if cfg.projection:
         parts.append(
             "projection critic (linear label embedding)" + (f" plus {acgan}" if acgan else ", no ACGAN head")
