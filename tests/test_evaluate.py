@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from thoraxclient.model_card import ModelCard
 
+from thorax import cards
 from thorax.errors import UserError
 from thorax.labels import NIH_LABELS
 from thorax.store import open_model
@@ -315,18 +316,28 @@ def test_the_command_knows_the_same_checks() -> None:
 
 
 def test_evaluate_writes_results_figures_and_the_card(
-    tiny_store: Path, tmp_path: Path, data_dir: Path
+    tiny_store: Path, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("THORAX_CACHE_DIR", str(tmp_path / "cache"))  # not the user's cache
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)
-    opts = EvalOptions(count=30, epochs=1, bootstrap=200)
+    opts = EvalOptions(count=30, epochs=1, bootstrap=200, tstr_repeats=2)
     evaluation = evaluate_model("tiny/1", data_dir, opts, store=store, progress=lambda _: None)
     model = open_model("tiny/1", store)  # still verifies: the checksums were rewritten
     saved = json.loads((model.path / "evaluation.json").read_text())
     assert saved["memorisation"]["generated"] == 30 == evaluation["memorisation"]["generated"]
     assert saved["memorisation"]["heldout_real"] > 100  # the patient-disjoint test split
     checks = saved["classifier_checks"]
-    assert checks["train_on_synthetic_test_on_real"]["train_images"] > 1000
+    tstr = checks["train_on_synthetic_test_on_real"]
+    assert tstr["train_images"] > 1000
+    # two repeats at seeds 0 and 1, each with its own real-trained classifier (both now in the cache);
+    # the reported ratio is their mean
+    assert [r["seed"] for r in tstr["repeats"]] == [0, 1]
+    ratios = [r["mean_ratio"] for r in tstr["repeats"]]
+    assert tstr["mean_ratio"] == pytest.approx(np.mean(ratios), abs=1e-4)
+    assert tstr["mean_ratio_range"] == [min(ratios), max(ratios)]
+    assert tstr["mean_ratio_sd"] == pytest.approx(np.std(ratios, ddof=1), abs=1e-4)
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
     assert 0 <= checks["two_sample_test"]["accuracy"] <= 1
     assert checks["feature_distances"]["frechet_train_vs_test"] >= 0
     assert len(checks["label_correlation"]["order"]) == 14
@@ -345,7 +356,12 @@ def test_evaluate_writes_results_figures_and_the_card(
     assert card.evaluation["collapse_min_ratio"] == saved["collapse"]["min_ratio"]
     assert card.evaluation["sweep_labels_rising_0.15"].endswith("of 14")
     assert card.evaluation["cohort"] == "all patients"
-    assert "| collapse min ratio |" in (model.path / "model_card.md").read_text()
+    assert card.evaluation["tstr_repeats"] == 2 and card.evaluation["tstr_mean_ratio"] == tstr["mean_ratio"]
+    markdown = (model.path / "model_card.md").read_text()
+    assert "| collapse min ratio |" in markdown
+    assert f"| tstr mean ratio sd | {tstr['mean_ratio_sd']} |" in markdown
+    shown = cards.summary(card.model_dump())
+    assert f"ratio {tstr['mean_ratio']:.3f} ± {tstr['mean_ratio_sd']:.3f} over 2 repeats" in shown
     for name in saved["figures"]:
         with Image.open(model.path / name) as im:
             assert im.width > 16 and im.height > 16

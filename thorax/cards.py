@@ -31,6 +31,12 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
             f"train on synthetic, test on real: mean AUC {e['tstr_mean_auc_synthetic_trained']:.3f}, "
             f"real-trained {e.get('tstr_mean_auc_real_trained', float('nan')):.3f} "
             f"({e.get('tstr_labels_reported', '?')} labels with enough test positives)"
+            + (
+                f"; ratio {e['tstr_mean_ratio']:.3f} ± {e['tstr_mean_ratio_sd']:.3f} "
+                f"over {e['tstr_repeats']} repeats"
+                if e.get("tstr_mean_ratio_sd") is not None and "tstr_mean_ratio" in e
+                else ""
+            )
         )
     if "label_fidelity_mean_auc" in e:
         lines.append(f"label fidelity (a real-trained classifier on generated images): mean AUC "

@@ -262,6 +262,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         collapse_latents=args.collapse_latents,
         cache=not args.no_cache,
         balanced_judge=args.balanced_judge,
+        tstr_repeats=args.tstr_repeats,
     )
     generator = Path(args.generator) if args.generator else None
     evaluation = evaluate_model(
@@ -547,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced-judge", action="store_true",
                    help="train the real-trained classifier with both classes of each label weighted "
                    "alike (scores around 0.5, not near the prevalence): a second yardstick")  # fmt: skip
+    p.add_argument("--tstr-repeats", type=_positive_int, default=3,
+                   help="repeats of train on synthetic, test on real, at seeds seed, seed+1, ...; the "
+                   "ratio reported is their mean, with its spread")  # fmt: skip
     p.add_argument("--no-cache", action="store_true",
                    help="train the real-trained classifier anew instead of reusing the cached one "
                    "($THORAX_CACHE_DIR, else ~/.cache/thorax)")  # fmt: skip

@@ -8,6 +8,8 @@
   - train on synthetic, test on real: one classifier on the real training split, one on as many
     generated images with the same label vectors; per-label AUC on the real test split with bootstrap
     intervals, and the synthetic/real ratio. Labels with too few test positives are listed apart.
+    Repeated at seeds seed, seed + 1, ... (3 by default: one run's ratio moves by about 0.05 with the
+    seed); the ratio reported is the repeats' mean, with their standard deviation and range.
   - label fidelity: the real-trained classifier's AUC on generated images against their conditions.
   - per site: both of the above again within each cohort (patient id prefix: nih_, kermany_,
     ieee8023_), every label scored against negatives of the same cohort, so that a classifier that
@@ -45,7 +47,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +114,9 @@ class EvalOptions:
         balanced_judge:  train the real-trained classifier with each label's positives weighted by
                          negatives / positives (scores around 0.5, not near the prevalence); a second
                          yardstick for the sweep, reported as such. The other classifiers are unchanged.
+        tstr_repeats:    repeats of train on synthetic, test on real; repeat k is that check as run with
+                         seed + k (its own latents, classifiers and real-trained classifier). One repeat
+                         moves by about 0.05 with the seed, so the reported ratio is their mean.
     """
 
     count: int = 1000
@@ -128,6 +133,7 @@ class EvalOptions:
     collapse_latents: int = 64
     cache: bool = True
     balanced_judge: bool = False
+    tstr_repeats: int = 3
 
 
 # ---- SSIM and MS-SSIM --------------------------------------------------------------------------
@@ -381,6 +387,56 @@ def train_on_synthetic(
         "val_auc": {"real_trained": round(real.val_auc, 4), "synthetic_trained": round(fake.val_auc, 4)},
     }
     return result, fake
+
+
+def _repeat_row(seed: int, result: dict) -> dict:
+    keys = ("mean_auc_real_trained", "mean_auc_synthetic_trained", "mean_ratio")
+    return {"seed": seed, **{k: result[k] for k in keys}}
+
+
+def repeated_train_on_synthetic(
+    generate: Generate,
+    latent_dim: int,
+    names: list[str],
+    first: dict,
+    real_for: Callable[[int], clf.TrainResult],
+    train: RadiographSet,
+    val: RadiographSet,
+    test: RadiographSet,
+    px: int,
+    opts: EvalOptions,
+    progress: Callable[[str], None],
+) -> dict:
+    """`first` (the check at the user's seed) with repeats 1 .. n-1 at seed + k, each with its own latents,
+    its own synthetic-trained classifier and the real-trained one of that seed (`real_for`).
+
+    The per-label tables stay those of the first repeat; the means and the goal's ratio become the
+    means over the repeats, with the ratio's standard deviation and range beside them."""
+    rows = [_repeat_row(opts.seed, first)]
+    for k in range(1, opts.tstr_repeats):
+        seed = opts.seed + k
+        progress(f"train on synthetic, test on real: repeat {k + 1} of {opts.tstr_repeats} (seed {seed})")
+        latent_seed = stream_seed(seed, STREAM_SYNTHETIC)
+        synthetic = generate_images(generate, latent_dim, latent_seed, train.labels, px)
+        result, _ = train_on_synthetic(
+            names, real_for(seed), train.labels, synthetic, val, test, px, replace(opts, seed=seed), progress
+        )
+        rows.append(_repeat_row(seed, result))
+    ratios = [r["mean_ratio"] for r in rows]
+
+    def mean(key: str) -> float:
+        return round(float(np.mean([r[key] for r in rows])), 4)
+
+    return {
+        **first,
+        "mean_auc_real_trained": mean("mean_auc_real_trained"),
+        "mean_auc_synthetic_trained": mean("mean_auc_synthetic_trained"),
+        "mean_ratio": mean("mean_ratio"),
+        "mean_ratio_sd": round(float(np.std(ratios, ddof=1)), 4) if len(rows) > 1 else None,
+        "mean_ratio_range": [min(ratios), max(ratios)],
+        "repeats": rows,
+        "per_label_tables": f"of the first repeat (seed {opts.seed}); the means are over the repeats",
+    }
 
 
 @torch.no_grad()
@@ -705,8 +761,11 @@ def classifier_checks(
     opts: EvalOptions,
     timings: dict[str, float],
     progress: Callable[[str], None],
+    real_for: Callable[[int], clf.TrainResult] | None = None,
 ) -> tuple[dict, dict[str, Image.Image]]:
-    """Every classifier check but the sweep and the collapse detector, with `real` the real-trained one."""
+    """Every classifier check but the sweep and the collapse detector, with `real` the real-trained one
+    and `real_for(seed)` the real-trained classifier of another seed (for the repeats of train on
+    synthetic, test on real; without it they are skipped)."""
     train_images = train.images_at(px)
     t0 = time.perf_counter()
     synthetic = generate_images(
@@ -715,10 +774,18 @@ def classifier_checks(
     timings["generate_synthetic_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tstr, fake = train_on_synthetic(names, real, train.labels, synthetic, val, test, px, opts, progress)
+    if real_for is not None and opts.tstr_repeats > 1:
+        tstr = repeated_train_on_synthetic(
+            generate, latent_dim, names, tstr, real_for, train, val, test, px, opts, progress
+        )
     timings["train_on_synthetic_s"] = time.perf_counter() - t0
+    spread = ""
+    if "repeats" in tstr:
+        spread = f", ratio sd {tstr['mean_ratio_sd']} over {len(tstr['repeats'])} repeats"
     progress(
         f"train on synthetic, test on real: mean AUC {tstr['mean_auc_synthetic_trained']} vs "
-        f"{tstr['mean_auc_real_trained']} real-trained over {len(tstr['labels_reported'])} labels "
+        f"{tstr['mean_auc_real_trained']} real-trained over {len(tstr['labels_reported'])} labels, "
+        f"ratio {tstr['mean_ratio']}{spread} "
         f"({timings['classifier_real_s'] + timings['train_on_synthetic_s']:.0f} s)"
     )
 
@@ -985,6 +1052,8 @@ def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
                 "tstr_mean_auc_real_trained": tstr["mean_auc_real_trained"],
                 "tstr_mean_auc_synthetic_trained": tstr["mean_auc_synthetic_trained"],
                 "tstr_mean_ratio": tstr["mean_ratio"],
+                "tstr_repeats": len(tstr.get("repeats", [None])),
+                "tstr_mean_ratio_sd": tstr.get("mean_ratio_sd"),
                 "tstr_labels_reported": len(tstr["labels_reported"]),
                 "label_fidelity_mean_auc": checks["label_fidelity"]["mean_auc"],
             }
@@ -1151,9 +1220,13 @@ def evaluate_model(
         evaluation["real_classifier"] = info
         timings["classifier_real_s"] = time.perf_counter() - t0
     if "classifier" in checks:
+
+        def real_for(seed: int) -> clf.TrainResult:
+            return real_trained_classifier(data, px, replace(opts, seed=seed), progress)[0]
+
         results, check_figures = classifier_checks(
             generate, G.latent_dim, names, real, data.split("train"), data.split("val"), data.split("test"),
-            px, opts, timings, progress,
+            px, opts, timings, progress, real_for,
         )  # fmt: skip
         for figure_name, image in check_figures.items():
             image.save(folder / figure_name)
