@@ -4,6 +4,7 @@ checkpoints that resume bit for bit, the patient-disjoint split, both label-tabl
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import json
 import math
@@ -85,6 +86,43 @@ def test_checkpoint_then_resume_gives_identical_weights(tmp_path: Path, data_dir
     assert weights_a.keys() == weights_b.keys()
     different = [k for k in weights_a if not torch.equal(weights_a[k], weights_b[k])]
     assert different == [], f"weights differ after resume: {different[:5]}"
+
+
+def _latest(run: Path) -> tuple[dict, dict]:
+    """A run's latest checkpoint: its JSON state and its weights."""
+    folder = run / "checkpoints"
+    meta = json.loads((folder / json.loads((folder / "latest.json").read_text())["checkpoint"]).read_text())
+    return meta, load_file(folder / meta["weights"])
+
+
+def test_a_new_run_started_from_another_runs_checkpoint_continues_it_exactly(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    cfg = load_config("tiny")
+    straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
+    train(cfg, RunOptions(straight, data_dir, limit_images=LIMIT, quiet=True, stop_kimg=0.112))
+    train(cfg, RunOptions(first, data_dir, limit_images=LIMIT, quiet=True, stop_kimg=0.048))
+    # another config (in practice a longer schedule) in its own folder, from the first run's checkpoint
+    longer = dataclasses.replace(cfg, name="tiny-longer")
+    opts = RunOptions(second, data_dir, limit_images=LIMIT, quiet=True, stop_kimg=0.112, init_from=first)
+    train(longer, opts)
+    assert json.loads((second / "config.json").read_text())["name"] == "tiny-longer"
+    assert (second / "split.json").read_text() == (first / "split.json").read_text()
+    (meta_a, a), (meta_b, b) = _latest(straight), _latest(second)
+    assert meta_a["images_shown"] == meta_b["images_shown"] == 112
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert _latest(first)[0]["images_shown"] == 48  # the first run is untouched
+    # a run with other networks, or a folder without a checkpoint, is refused with the reason
+    other = dataclasses.replace(cfg, name="tiny-other", latent_dim=cfg.latent_dim * 2)
+    with pytest.raises(UserError, match="latent_dim"):
+        train(other, RunOptions(tmp_path / "third", data_dir, limit_images=LIMIT, init_from=first))
+    wider = dataclasses.replace(
+        cfg, name="tiny-wider", stages=(dataclasses.replace(cfg.stages[0], channels=7),) + cfg.stages[1:]
+    )
+    with pytest.raises(UserError, match="channels"):
+        train(wider, RunOptions(tmp_path / "fifth", data_dir, limit_images=LIMIT, init_from=first))
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(longer, RunOptions(tmp_path / "fourth", data_dir, limit_images=LIMIT, init_from=tmp_path))
 
 
 def test_split_never_puts_a_patient_on_two_sides(data_dir: Path) -> None:

@@ -110,6 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         stop_kimg=args.stop_kimg,
         limit_images=args.limit_images,
         log_every_s=args.log_every,
+        init_from=Path(args.init_from) if args.init_from else None,
     )
     try:
         train(cfg, opts)
@@ -471,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channels_last memory layout (default: the config's)")  # fmt: skip
     p.add_argument("--stop-kimg", type=float, help="stop with a checkpoint after this many kimg in total")
     p.add_argument("--limit-images", type=_positive_int, help="train on the first N images only (trials)")
+    p.add_argument("--init-from", metavar="RUN_DIR",
+                   help="start a new run from another run's latest checkpoint (its networks, "
+                   "optimisers and kimg): a finished run trained on under a longer schedule")  # fmt: skip
     p.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
     p.set_defaults(func=_cmd_train)
 

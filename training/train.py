@@ -97,6 +97,7 @@ class RunOptions:
     channels_last: bool | None = None  # overrides the config's memory format when set
     stop_kimg: float | None = None  # stop (with a checkpoint) once this many kimg have been shown
     limit_images: int | None = None  # use only the first N training images (tests)
+    init_from: Path | None = None  # a run folder whose latest checkpoint starts a new run (train longer)
     log_every_s: float = 30.0  # seconds between progress lines
     grid_columns: int = 8  # fixed latents per sample grid
     quiet: bool = False
@@ -199,6 +200,8 @@ class Trainer:
 
     def _resume_if_possible(self) -> None:
         path = latest_checkpoint(self.run_dir)
+        if path is None and self.opts.init_from is not None:
+            path = self._start_from(Path(self.opts.init_from))
         if path is None:
             self.data.write_split(self.run_dir / "split.json")
             return
@@ -219,6 +222,26 @@ class Trainer:
                 f"{path}: the data has {len(self.data)} training images, the run had {len(self.data_perm)}"
             )
         self._log(f"resuming {self.cfg.name} at kimg {self.images_shown / 1000:.1f} from {path.name}")
+
+    def _start_from(self, other: Path) -> Path:
+        """The latest checkpoint of another run, to continue under this run's config (a longer schedule,
+        for example). Its networks must be this config's; its patient split must be this run's."""
+        path = latest_checkpoint(other)
+        if path is None:
+            raise UserError(f"--init-from {other}: no checkpoint there (checkpoints/latest.json)")
+        theirs = json.loads((other / "config.json").read_text()) if (other / "config.json").is_file() else {}
+        mine = json.loads(json.dumps(self.cfg.to_dict()))  # lists, as in the other run's config.json
+        differ = [k for k in ("resolution", "latent_dim", "split", "seed", "patient_prefixes", "label_names")
+                  if k in theirs and k in mine and theirs[k] != mine[k]]  # fmt: skip
+        width = {s["resolution"]: s["channels"] for s in theirs.get("stages", [])}
+        if any(width.get(s["resolution"], s["channels"]) != s["channels"] for s in mine["stages"]):
+            differ.append("the channels of a stage")
+        if differ:
+            differ_text = ", ".join(differ)
+            raise UserError(f"--init-from {other}: that run differs from {self.cfg.name!r} in {differ_text}")
+        self.data.write_split(self.run_dir / "split.json")
+        self._log(f"{self.cfg.name}: starting from {other}'s checkpoint {path.name}")
+        return path
 
     # ---- one step ----------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
