@@ -251,6 +251,48 @@ def test_the_real_trained_classifier_is_cached_and_reused(
     assert len(list((tmp_path / "cache" / "classifiers").glob("*.safetensors"))) == 2
 
 
+def test_a_shipped_judge_is_used_on_another_machine_instead_of_training_one(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The judge trained on one machine is shipped (keyed without the data folder's path) and, on a
+    machine whose cache is empty, used as it is: the same scores, no training."""
+    from training import classifier_cache
+
+    monkeypatch.setattr(classifier_cache, "SHIPPED_JUDGES", tmp_path / "judges")
+    monkeypatch.setenv("THORAX_CACHE_DIR", str(tmp_path / "here"))
+    opts = EvalOptions(epochs=1, seed=5)
+    data = CohortData(data_dir, 16, NIH_LABELS, (0.8, 0.1, 0.1), 0, ("nih_",))
+    trained, info = real_trained_classifier(data, 8, opts, lambda _: None)
+    assert info["cached"] is False and info["file"]
+    key = json.loads(Path(info["file"]).with_suffix(".json").read_text())["key"]
+    shipped = classifier_cache.ship_classifier(classifier_cache.cache_root(), key)
+    assert (
+        shipped.parent == tmp_path / "judges"
+        and "data" not in json.loads(shipped.with_suffix(".json").read_text())["key"]
+    )
+    assert (
+        classifier_cache.shipped_path({**key, "data": "/elsewhere/cxr256"}) == shipped
+    )  # the path is not in its name
+
+    monkeypatch.setenv("THORAX_CACHE_DIR", str(tmp_path / "there"))  # another machine: an empty cache
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the shipped judge should have been used")
+
+    messages: list[str] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(clf, "train_classifier", no_training)
+        judge, info = real_trained_classifier(
+            CohortData(data_dir, 16, NIH_LABELS, (0.8, 0.1, 0.1), 0, ("nih_",)), 8, opts, messages.append
+        )
+    assert info["cached"] is True and info["shipped"] == shipped.name and "shipped judge" in messages[-1]
+    images = data.split("val").images_at(8)
+    np.testing.assert_array_equal(clf.predict(judge.model, images), clf.predict(trained.model, images))
+    # --no-cache trains anew, whatever is shipped
+    _, info = real_trained_classifier(data, 8, EvalOptions(epochs=1, seed=5, cache=False), lambda _: None)
+    assert info["cached"] is False
+
+
 def test_the_quick_check_on_a_runs_generator_folder_judges_against_its_cohort(
     tiny_run: Path, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

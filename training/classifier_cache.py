@@ -9,6 +9,13 @@ safetensors file named by a hash of the key; a JSON file beside it holds the key
 training reported (best epoch, validation AUC, seconds), and results that depend on nothing but the
 classifier and its data (`save_extra`: the real images' spread of the collapse detector). The
 folder is `$THORAX_CACHE_DIR`, else `~/.cache/thorax`; deleting it is always safe.
+
+**Shipped judges.** Trained with the same seed, the classifier still differs from machine to machine
+(thread counts and CPU kernels change the sums, and 15 epochs with a best-epoch pick amplify it), and
+so do the figures it judges. The project therefore keeps the judges its README's figures were measured
+with in `training/judges/`, keyed like the cache but without the data folder's path (the label
+table's hash names the data). When the cache has no entry, a shipped one with the same key is copied
+into it and used; `--no-cache` still trains anew. `ship_classifier` puts a cache entry there.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 from safetensors.torch import load as load_safetensors
@@ -41,6 +49,55 @@ def entry_path(root: Path, key: dict) -> Path:
     """Where the weights of `key` live: `classifiers/<hash of the key>.safetensors` under `root`."""
     digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True).encode())
     return root / "classifiers" / f"{digest.hexdigest()[:24]}.safetensors"
+
+
+SHIPPED_JUDGES = Path(__file__).resolve().parent / "judges"
+
+
+def shipped_path(key: dict, folder: Path | None = None) -> Path:
+    """Where a shipped judge of `key` lives: named by a hash of the key without the data folder's path."""
+    folder = folder or SHIPPED_JUDGES
+    portable = {k: v for k, v in key.items() if k != "data"}
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **portable}, sort_keys=True).encode())
+    return folder / f"{digest.hexdigest()[:24]}.safetensors"
+
+
+def seed_from_shipped(root: Path, key: dict, folder: Path | None = None) -> bool:
+    """Copy the shipped judge of `key` into the cache when the cache has none; True when one was copied."""
+    weights, shipped = entry_path(root, key), shipped_path(key, folder)
+    if weights.is_file() or not shipped.is_file():
+        return False
+    meta = json.loads(shipped.with_suffix(".json").read_text())
+    portable = {k: v for k, v in key.items() if k != "data"}
+    if {k: v for k, v in meta["key"].items() if k != "data"} != portable:
+        return False
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(weights, shipped.read_bytes())
+    meta = {**meta, "key": key, "shipped": shipped.name}
+    atomic_write(weights.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+    return True
+
+
+def ship_classifier(root: Path, key: dict, folder: Path | None = None) -> Path:
+    """Put the cache entry of `key` among the shipped judges (its key without the data path, no extras)."""
+    folder = folder or SHIPPED_JUDGES
+    weights = entry_path(root, key)
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    target = shipped_path(key, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, target)
+    meta = {k: v for k, v in meta.items() if k != "extras"}
+    meta["key"] = {k: v for k, v in key.items() if k != "data"}
+    target.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+    return target
+
+
+def shipped_name(root: Path, key: dict) -> str | None:
+    """The shipped judge's file name that the cache entry of `key` was copied from, if it was."""
+    try:
+        return json.loads(entry_path(root, key).with_suffix(".json").read_text()).get("shipped")
+    except (OSError, ValueError):
+        return None
 
 
 def load_classifier(root: Path, key: dict, outputs: int) -> clf.TrainResult | None:

@@ -35,7 +35,9 @@ The real images are those of the model's cohort (`patient_prefixes` in its gener
 patients without it), on the run's patient split. The real-trained classifier is cached on disk
 (`training/classifier_cache.py`), so `--checks sweep,collapse` on a second call costs only the
 generated images: the quick check for judging variants during training, on a run's `generator/`
-folder as well as on a stored model.
+folder as well as on a stored model. Where the project ships the judge (`training/judges/`: the adult
+cohort's, seeds 0 to 2, those the README's figures come from), an empty cache takes it from there
+instead of training one, so that another machine measures with the same judge.
 
 Every measurement is timed. Results go to `evaluation.json` and `eval_*.png|gif` in the model's folder;
 for a stored model the card's `evaluation` section is filled and `SHA256SUMS` rewritten.
@@ -978,10 +980,14 @@ def real_trained_classifier(
         "epochs": opts.epochs,
         "balanced": opts.balanced_judge,
     }
+    if opts.cache:
+        classifier_cache.seed_from_shipped(root, key)  # the project's judge, where it ships one
     if opts.cache and (cached := classifier_cache.load_classifier(root, key, len(data.label_names))):
-        progress(f"real-trained classifier from the cache: {path}")
+        shipped = classifier_cache.shipped_name(root, key)
+        origin = f" (the project's shipped judge {shipped})" if shipped else ""
+        progress(f"real-trained classifier from the cache: {path}{origin}")
         cached.model.to(memory_format=torch.channels_last)  # as below
-        return cached, {**info, "cached": True, "file": str(path)}
+        return cached, {**info, "cached": True, "shipped": shipped, "file": str(path)}
     train, val = data.split("train"), data.split("val")
     progress(f"classifier ({opts.classifier}, {px} px, {opts.epochs} epochs) on {len(train)} real images")
     result = clf.train_classifier(
