@@ -129,7 +129,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from thorax.labels import canonical_label
     from thorax.latents import latents_for
     from training.checkpoint import load_generator
-    from training.sample import to_uint8, write_pngs
+    from training.sample import generate_fixed, to_uint8, write_pngs
 
     model_dir = _model_folder(args.model)
     G, config = load_generator(model_dir)
@@ -147,8 +147,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         indices = range(start, min(start + args.batch, args.count))
         z = torch.from_numpy(latents_for(args.seed, indices, G.latent_dim))
         cond = torch.from_numpy(np.tile(labels, (len(indices), 1)))
-        with torch.no_grad():
-            images = to_uint8(G(z, cond))
+        images = to_uint8(generate_fixed(G, z, cond))  # passes of a fixed size: the same bytes for any batch
         for index, name in zip(indices, write_pngs(images, out, start), strict=True):
             rows.append(
                 {
@@ -497,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="thorax-samples", help="output folder")
     p.add_argument("--batch", type=_positive_int, default=32,
-                   help="images per forward pass (any gives the same bytes)")  # fmt: skip
+                   help="images per step (any gives the same bytes: the generator always runs in "
+                   "passes of 16)")  # fmt: skip
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(

@@ -12,6 +12,28 @@ from thorax.latents import latents_for
 from thorax.pictures import tile_grid
 from training.networks import Generator
 
+PASS_IMAGES = 16  # images in every forward pass of `generate_fixed`
+
+
+@torch.no_grad()
+def generate_fixed(
+    G: Generator, z: torch.Tensor, labels: torch.Tensor, chunk: int = PASS_IMAGES
+) -> torch.Tensor:
+    """G(z, labels) computed in passes of exactly `chunk` images (the last one padded with zeros).
+
+    CPU kernels are chosen by the batch's shape, and some (oneDNN's on AVX-512 CPUs, for example) round
+    differently for another batch size, so an image would change with the batch it was made in. In
+    passes of one fixed size it is the same image whatever the caller's batch."""
+    out = []
+    for start in range(0, len(z), chunk):
+        zc, lc = z[start : start + chunk], labels[start : start + chunk]
+        n = len(zc)
+        if n < chunk:
+            zc = torch.cat([zc, zc.new_zeros(chunk - n, *zc.shape[1:])])
+            lc = torch.cat([lc, lc.new_zeros(chunk - n, *lc.shape[1:])])
+        out.append(G(zc, lc)[:n])
+    return torch.cat(out)
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[N, 1, H, W] in about [-1, 1] -> uint8 [N, H, W] (clamped, rounded)."""
