@@ -231,3 +231,22 @@ def test_bf16_autocast_run_keeps_the_penalty_finite(tmp_path: Path, data_dir: Pa
     assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())  # and it checkpointed
     meta = json.loads((tmp_path / "generator" / "generator.json").read_text())
     assert meta["training"]["complete"] is True
+
+
+def test_init_seed_changes_the_networks_but_not_the_split(tmp_path: Path, data_dir: Path) -> None:
+    cfg = load_config("tiny")
+    runs = {
+        "default": cfg,
+        "explicit": dataclasses.replace(cfg, init_seed=cfg.seed),
+        "other": dataclasses.replace(cfg, init_seed=cfg.seed + 1),
+    }
+    for name, run_cfg in runs.items():
+        train(run_cfg, RunOptions(tmp_path / name, data_dir, limit_images=LIMIT, quiet=True, stop_kimg=0.016))
+    weights = {name: _latest(tmp_path / name)[1] for name in runs}
+    splits = {name: json.loads((tmp_path / name / "split.json").read_text()) for name in runs}
+    assert splits["other"]["train"] == splits["default"]["train"]
+    assert splits["other"]["test"] == splits["default"]["test"]
+    same = [k for k in weights["default"] if torch.equal(weights["default"][k], weights["explicit"][k])]
+    assert len(same) == len(weights["default"])  # init_seed = seed is the default
+    moved = [k for k in weights["default"] if not torch.equal(weights["default"][k], weights["other"][k])]
+    assert any(k.startswith("G/") for k in moved) and any(k.startswith("D/") for k in moved)

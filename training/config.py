@@ -83,7 +83,8 @@ class TrainConfig:
     bf16: bool = False
     channels_last: bool = False
     # Data.
-    seed: int = 0
+    seed: int = 0  # the split's hash, the sample grid's latents and, unless init_seed is set, the rest
+    init_seed: int | None = None  # network initialisation and the run's random stream (None: seed)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test, by patient
     # Reporting.
     sample_every_kimg: float = 10.0

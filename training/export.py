@@ -24,12 +24,12 @@ import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import torch
 from safetensors.torch import load as load_safetensors
-from thoraxclient.model_card import ModelCard
 
 from thorax.errors import UserError
 from thorax.latents import latents_for
@@ -41,6 +41,9 @@ from training.data import read_label_table
 from training.networks import Generator, fold_equalized_lr
 from training.sample import sample_grid
 from training.train import make_generator
+
+if TYPE_CHECKING:
+    from thoraxclient.model_card import ModelCard
 
 ONNX_OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -316,6 +319,8 @@ def conditioning_summary(cfg) -> str:
 
 
 def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -> ModelCard:
+    from thoraxclient.model_card import ModelCard  # here, so that export_onnx needs no pydantic
+
     cfg, meta = info["cfg"], info["meta"]
     training_data, label_prior = training_data_summary(info["run_dir"], cfg.label_names, cfg.split)
     if cfg.patient_prefixes:

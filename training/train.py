@@ -154,7 +154,8 @@ class Trainer:
         self.row_weights = label_row_weights(
             self.data.labels, cfg.rare_label_power, self.data.patient_ids if cfg.patient_weighting else None
         )
-        torch.manual_seed(cfg.seed)  # network initialisation only; the run's own stream is `self.rng`
+        init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
+        torch.manual_seed(init_seed)  # network initialisation only; the run's own stream is `self.rng`
         self.G = make_generator(cfg).to(self.device)
         self.D = make_discriminator(cfg).to(self.device)
         self.G_ema = make_generator(cfg).to(self.device)
@@ -164,7 +165,7 @@ class Trainer:
             net.to(memory_format=self.memory_format)
         self.opt_G = self._new_optimizer(self.G)
         self.opt_D = self._new_optimizer(self.D)
-        self.rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.rng = torch.Generator().manual_seed(init_seed + 1)
         self.images_shown = 0
         self.step = 0
         self.trained_resolution = 0  # resolution whose optimiser state is current

@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 from functools import cache
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from service.settings import Settings
-from thorax.store import StoredModel
+if TYPE_CHECKING:  # annotations only: the GPU benchmark imports this module where pydantic is absent
+    from service.settings import Settings
+    from thorax.store import StoredModel
 
 log = logging.getLogger("thorax.service")
 
