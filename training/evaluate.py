@@ -1068,7 +1068,8 @@ def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
             if fidelity := entry.get("label_fidelity"):
                 summary[f"label_fidelity_mean_auc_{site.rstrip('_')}"] = fidelity["mean_auc"]
             if site_tstr := entry.get("train_on_synthetic_test_on_real"):
-                summary[f"tstr_mean_ratio_{site.rstrip('_')}"] = site_tstr["mean_ratio"]
+                # the per-site tables are those of the first repeat, not the repeats' mean above
+                summary[f"tstr_ratio_{site.rstrip('_')}_first_repeat"] = site_tstr["mean_ratio"]
     if sweep := evaluation.get("controllability"):
         labels = sweep["labels"].values()
         summary.update(
