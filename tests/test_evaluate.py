@@ -485,3 +485,27 @@ def test_a_balanced_judge_weighs_both_classes_of_each_label_alike(small_splits) 
         assert torch.isclose(per_image[positive, k].sum(), per_image[~positive, k].sum())
     result = clf.train_classifier(images, labels, epochs=1, batch=16, balanced=True)
     assert clf.predict(result.model, images).shape == (64, 3)
+
+
+def test_a_model_larger_than_the_judges_input_meets_the_judge_of_a_model_of_that_side(
+    tiny_run: Path, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 16 px generator judged at 8 px uses the classifier trained on real images loaded at 8 px, the
+    one an 8 px model is judged by, not one trained on 16 px images pooled down."""
+    monkeypatch.setenv("THORAX_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "generator"
+    shutil.copytree(tiny_run / "generator", folder)
+    config = json.loads((folder / "generator.json").read_text())
+    config.update({"patient_prefixes": ["nih_"], "cohort": "NIH adults"})
+    (folder / "generator.json").write_text(json.dumps(config))
+    assert config["resolution"] == 16
+    opts = EvalOptions(checks=("sweep",), epochs=1, sweep_steps=3, sweep_latents=2, classifier_px=8)
+    evaluation = evaluate_model(None, data_dir, opts, generator_dir=folder, progress=lambda _: None)
+    assert evaluation["real_classifier"]["cached"] is False and evaluation["real_classifier"]["input_px"] == 8
+    at_8 = CohortData(data_dir, 8, tuple(NIH_LABELS), (0.8, 0.1, 0.1), 0, ("nih_",))
+    _, info = real_trained_classifier(at_8, 8, opts, lambda _: None)
+    assert info["cached"] is True and at_8.splits == {}  # the same cache entry: nothing trained or loaded
+    assert (
+        Path(info["file"]).relative_to(tmp_path / "cache").as_posix() == evaluation["real_classifier"]["file"]
+    )
+    assert len(list((tmp_path / "cache" / "classifiers").glob("*.safetensors"))) == 1

@@ -1189,6 +1189,10 @@ def evaluate_model(
     prefixes, cohort = _cohort(config)
     data = CohortData(Path(data_dir), resolution, tuple(names), fractions, split_seed, prefixes)
     px = min(opts.classifier_px, resolution)
+    # The classifier checks see real images loaded at px itself, as for a model of that side: a 128 px
+    # model then meets the same judge (the same cache entry, the shipped one) and the same real images
+    # as the 64 px models. Memorisation compares at the model's own side.
+    judged = data if px == resolution else replace(data, resolution=px, splits={})
     timings: dict[str, float] = {}
     progress(f"{name}: {resolution} px, judged against {cohort} of {data_dir}")
     evaluation: dict = {
@@ -1220,7 +1224,7 @@ def evaluate_model(
         )
     if checks & {"classifier", "sweep", "collapse"}:
         t0 = time.perf_counter()
-        real, info = real_trained_classifier(data, px, opts, progress)
+        real, info = real_trained_classifier(judged, px, opts, progress)
         cache_file = info["file"]
         if cache_file:  # recorded within the cache folder, not as a path on this machine
             info = {**info, "file": Path(cache_file).relative_to(classifier_cache.cache_root()).as_posix()}
@@ -1229,11 +1233,11 @@ def evaluate_model(
     if "classifier" in checks:
 
         def real_for(seed: int) -> clf.TrainResult:
-            return real_trained_classifier(data, px, replace(opts, seed=seed), progress)[0]
+            return real_trained_classifier(judged, px, replace(opts, seed=seed), progress)[0]
 
         results, check_figures = classifier_checks(
-            generate, G.latent_dim, names, real, data.split("train"), data.split("val"), data.split("test"),
-            px, opts, timings, progress, real_for,
+            generate, G.latent_dim, names, real, judged.split("train"), judged.split("val"),
+            judged.split("test"), px, opts, timings, progress, real_for,
         )  # fmt: skip
         for figure_name, image in check_figures.items():
             image.save(folder / figure_name)
@@ -1242,12 +1246,12 @@ def evaluate_model(
     if "sweep" in checks:
         t0 = time.perf_counter()
         evaluation["controllability"] = controllability(generate, G.latent_dim, names, real.model, px, opts)
-        evaluation["controllability"]["real_reference"] = cohort_score_gap(data, real.model, px, cache_file)
+        evaluation["controllability"]["real_reference"] = cohort_score_gap(judged, real.model, px, cache_file)
         timings["sweep_s"] = time.perf_counter() - t0
         _print_sweep(evaluation["controllability"], progress)
     if "collapse" in checks:
         t0 = time.perf_counter()
-        spread = cohort_spread(data, real.model, px, cache_file)
+        spread = cohort_spread(judged, real.model, px, cache_file)
         evaluation["collapse"] = collapse(generate, G.latent_dim, names, real.model, px, spread, opts)
         timings["collapse_s"] = time.perf_counter() - t0
         _print_collapse(evaluation["collapse"], progress)
@@ -1255,7 +1259,7 @@ def evaluate_model(
         t0 = time.perf_counter()
         figures += pictures(G, names, opts.seed, folder)
         timings["pictures_s"] = time.perf_counter() - t0
-    evaluation["cohort"]["images"] = data.images_by_split()
+    evaluation["cohort"]["images"] = {**judged.images_by_split(), **data.images_by_split()}
     evaluation["figures"] = sorted(figures)
     evaluation["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     progress("timings (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in timings.items()))
