@@ -293,15 +293,21 @@ def test_a_shipped_judge_is_used_on_another_machine_instead_of_training_one(
     assert info["cached"] is False
 
 
-def test_the_quick_check_on_a_runs_generator_folder_judges_against_its_cohort(
-    tiny_run: Path, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("THORAX_CACHE_DIR", str(tmp_path / "cache"))
+def _adult_generator_folder(tiny_run: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny run's generator folder, marked as a model of the NIH adult cohort."""
     folder = tmp_path / "generator"
     shutil.copytree(tiny_run / "generator", folder)
     config = json.loads((folder / "generator.json").read_text())
     config.update({"patient_prefixes": ["nih_"], "cohort": "NIH adults"})
     (folder / "generator.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_the_quick_check_on_a_runs_generator_folder_judges_against_its_cohort(
+    tiny_run: Path, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("THORAX_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _adult_generator_folder(tiny_run, tmp_path)
     opts = EvalOptions(
         checks=("sweep", "collapse"), epochs=1, sweep_steps=3, sweep_latents=2, collapse_latents=6
     )
@@ -493,12 +499,8 @@ def test_a_model_larger_than_the_judges_input_meets_the_judge_of_a_model_of_that
     """A 16 px generator judged at 8 px uses the classifier trained on real images loaded at 8 px, the
     one an 8 px model is judged by, not one trained on 16 px images pooled down."""
     monkeypatch.setenv("THORAX_CACHE_DIR", str(tmp_path / "cache"))
-    folder = tmp_path / "generator"
-    shutil.copytree(tiny_run / "generator", folder)
-    config = json.loads((folder / "generator.json").read_text())
-    config.update({"patient_prefixes": ["nih_"], "cohort": "NIH adults"})
-    (folder / "generator.json").write_text(json.dumps(config))
-    assert config["resolution"] == 16
+    folder = _adult_generator_folder(tiny_run, tmp_path)
+    assert json.loads((folder / "generator.json").read_text())["resolution"] == 16
     opts = EvalOptions(checks=("sweep",), epochs=1, sweep_steps=3, sweep_latents=2, classifier_px=8)
     evaluation = evaluate_model(None, data_dir, opts, generator_dir=folder, progress=lambda _: None)
     assert evaluation["real_classifier"]["cached"] is False and evaluation["real_classifier"]["input_px"] == 8
