@@ -49,6 +49,51 @@ def test_modulated_generator_folds_for_export_without_changing_its_images() -> N
     assert torch.allclose(before, after, atol=1e-5)
 
 
+def _trained_modulation(G: Generator) -> Generator:
+    with torch.no_grad():  # as if trained: every modulation and the label map move
+        for name, p in G.named_parameters():
+            if "affine" in name or "label_map" in name:
+                p.normal_(0, 0.5)
+    return G
+
+
+def test_label_guidance_leaves_no_finding_and_multiplies_each_labels_change() -> None:
+    G = _trained_modulation(_modulated())
+    z, zeros = torch.randn(3, LATENT), torch.zeros(3, LABELS)
+    sick = zeros.clone()
+    sick[:, [1, 2]] = torch.tensor([1.0, 0.5])
+    seen: list[torch.Tensor] = []
+    hook = G.mod4.register_forward_pre_hook(lambda _m, args: seen.append(args[1].detach().clone()))
+    as_trained, healthy = G(z, sick), G(z, zeros)
+    G.label_guidance = 2.0
+    guided, guided_healthy = G(z, sick), G(z, zeros)
+    hook.remove()
+    assert torch.equal(guided_healthy, healthy)  # no finding draws as trained
+    assert not torch.allclose(guided, as_trained)
+    e_sick, e0 = seen[0], seen[1]  # the embeddings the modulations read, as trained
+    assert torch.allclose(seen[2], e0 + 2.0 * (e_sick - e0), atol=1e-5)
+    assert torch.allclose(seen[3], e0, atol=1e-6)
+    G.label_guidance = 1.0
+    assert torch.equal(G(z, sick), as_trained)
+
+
+def test_label_guidance_at_the_input_is_the_labels_scaled() -> None:
+    torch.manual_seed(1)
+    plain = Generator(16, LATENT, LABELS, CHANNELS).eval()  # the paper's: labels beside the latent only
+    z, labels = torch.randn(2, LATENT), torch.rand(2, LABELS)
+    guided = Generator(16, LATENT, LABELS, CHANNELS, label_guidance=1.5).eval()
+    guided.load_state_dict(plain.state_dict())
+    assert torch.allclose(guided(z, labels), plain(z, 1.5 * labels), atol=1e-6)
+
+
+def test_a_guided_generator_folds_for_export_without_changing_its_images() -> None:
+    G = _trained_modulation(_modulated())
+    G.label_guidance = 2.5
+    z, labels = torch.randn(4, LATENT), torch.rand(4, LABELS)
+    before = G(z, labels)
+    assert torch.allclose(before, fold_equalized_lr(G)(z, labels), atol=1e-5)
+
+
 def test_projection_critic_adds_a_term_linear_in_the_labels() -> None:
     torch.manual_seed(0)
     D = Discriminator(16, LABELS, CHANNELS, projection=True)

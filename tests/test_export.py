@@ -20,6 +20,7 @@ from thoraxclient.model_card import ModelCard
 
 from tests.conftest import REPO
 from tests.servers import torchserve
+from thorax.cards import summary
 from thorax.labels import NIH_LABELS
 from thorax.latents import latents_for
 from thorax.store import StoreError, find_model, list_models, open_model, write_sums
@@ -211,6 +212,60 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_on_failure(
         export_model(tmp_path / "nothing-here", "other", "1", store=store)
     assert [m.ref for m in list_models(store)] == ["tiny/1"]
     assert not [p for p in (store / "tiny").iterdir() if p.name.startswith(".")]
+
+
+def test_a_stored_model_exports_again_with_a_label_guidance(model, tmp_path: Path) -> None:
+    """The same weights under a new version that draws each label twice as far from no finding: every
+    file carries the setting, the card records it, and no finding draws as before."""
+    root = tmp_path / "store"
+    guided = export_model(model.path, "tiny", "2", store=root, label_guidance=2.0)
+    config = json.loads(guided.file("config").read_text())
+    assert config["label_guidance"] == 2.0 and config["weights_from"] == "tiny/1"
+    assert config["exported_from"] == json.loads(model.file("config").read_text())["exported_from"]
+    card = ModelCard.model_validate(guided.card())
+    assert (
+        card.architecture.label_guidance == 2.0
+        and card.architecture.kimg == model.card()["architecture"]["kimg"]
+    )
+    assert card.training_data == ModelCard.model_validate(model.card()).training_data
+    assert "Label guidance 2" in guided.file("card_markdown").read_text()
+    assert "label guidance: 2 " in summary(card.model_dump(mode="json"))
+    assert "label guidance" not in summary(ModelCard.model_validate(model.card()).model_dump(mode="json"))
+    assert ModelCard.model_validate(model.card()).architecture.label_guidance == 1.0
+    before, after = load_generator(model.path)[0], load_generator(guided.path)[0]
+    assert after.label_guidance == 2.0
+    for key, value in before.state_dict().items():
+        assert torch.equal(after.state_dict()[key], value)
+    z = latents_for(5, range(4), 16)
+    labels = np.zeros((4, 14), np.float32)
+    labels[2:, 1] = 1.0
+    old, new = onnx_uint8(model, z, labels), onnx_uint8(guided, z, labels)
+    assert np.array_equal(old[:2], new[:2])  # no finding as before
+    assert not np.array_equal(old[2:], new[2:])
+    with zipfile.ZipFile(guided.file("mar")) as mar:  # TorchServe's copy draws the same
+        mar.extractall(tmp_path / "mar")
+    handler = GeneratorHandler()
+    handler.load(tmp_path / "mar")
+    (answer,) = handler.handle(
+        [{"body": {"seed": 5, "indices": [0, 1, 2, 3], "labels": labels.tolist()}}], None
+    )
+    got = np.frombuffer(answer, np.uint8).reshape(4, 16, 16)
+    assert int(np.abs(got.astype(int) - new.astype(int)).max()) <= 1
+
+
+def test_a_bad_label_guidance_or_a_missing_run_writes_nothing(model, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    with pytest.raises(ExportError, match="label_guidance"):
+        export_model(model.path, "tiny", "2", store=root, label_guidance=0.0)
+    copy = tmp_path / "copy" / "tiny" / "1"
+    shutil.copytree(model.path, copy)
+    config = json.loads((copy / "generator.json").read_text())
+    config["exported_from"] = str(tmp_path / "gone" / "checkpoints" / "ckpt.json")
+    (copy / "generator.json").write_text(json.dumps(config))
+    write_sums(copy)
+    with pytest.raises(ExportError, match="has no config.json"):
+        export_model(copy, "tiny", "2", store=root)
+    assert not root.exists()  # neither call got as far as the store
 
 
 def test_models_commands(store: Path) -> None:

@@ -75,6 +75,10 @@ def summary(card: dict, is_default: bool = False) -> str:
     ]
     if arch.get("conditioning"):
         lines += _wrapped(arch["conditioning"], "    ", "  conditioning: ")
+    if arch.get("label_guidance", 1.0) != 1.0:
+        lines.append(
+            f"  label guidance: {arch['label_guidance']:g} (labels drawn that many times as far as trained)"
+        )
     lines += ["", f"labels ({labels['encoding']}):", *_wrapped(", ".join(labels["names"]), "  ")]
     lines += ["", "training data:", *_wrapped(data["description"], "  ")]
     if data.get("cohort"):

@@ -183,6 +183,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay,
         force=args.force,
+        label_guidance=args.label_guidance,
     )
     card = model.card()
     files = sum(1 for p in model.path.iterdir() if p.is_file())
@@ -503,7 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", help="export a run's generator to ONNX, a TorchServe archive and a model card"
     )
-    p.add_argument("source", help="a run folder (its latest checkpoint) or a checkpoint's .json")
+    p.add_argument(
+        "source",
+        help="a run folder (its latest checkpoint), a checkpoint's .json, or a stored model's folder "
+        "(its weights again, e.g. with another --label-guidance)",
+    )
     p.add_argument("--name", required=True, help="model name in the store, e.g. cxr64")
     p.add_argument("--version", required=True, help="version, e.g. 1")
     p.add_argument("--store", help="model store folder (default: the repository's model_store/)")
@@ -511,6 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8, help="TorchServe batch size")
     p.add_argument("--max-batch-delay", type=_positive_int, default=20, help="TorchServe batch delay, ms")
     p.add_argument("--force", action="store_true", help="replace an existing version")
+    p.add_argument(
+        "--label-guidance",
+        type=float,
+        metavar="W",
+        help="draw each label W times as far from no finding as trained (default: the source's; 1 for a "
+        "run); baked into the ONNX graph and the archive, recorded in the card",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="list, show or verify the models in the store")

@@ -103,7 +103,10 @@ class ExportError(UserError):
 
 # ---- the generator from a run ------------------------------------------------------------------
 def load_run_generator(source: Path) -> tuple[Generator, dict, Path]:
-    """The averaged generator of a run folder (its latest checkpoint) or of one checkpoint's JSON."""
+    """The averaged generator of a run folder (its latest checkpoint), of one checkpoint's JSON, or of
+    a stored model's folder (its verified weights, with the run it was exported from for the card)."""
+    if (source / "model_card.json").is_file() and (source / "generator.json").is_file():
+        return load_stored_generator(source)
     if source.is_dir():
         meta_path = latest_checkpoint(source)
         if meta_path is None:
@@ -120,6 +123,32 @@ def load_run_generator(source: Path) -> tuple[Generator, dict, Path]:
     G.load_state_dict({k.removeprefix("G_ema/"): v for k, v in tensors.items() if k.startswith("G_ema/")})
     info = {"cfg": cfg, "meta": meta, "run_dir": run_dir}
     return G.eval().requires_grad_(False), info, meta_path
+
+
+def load_stored_generator(folder: Path) -> tuple[Generator, dict, Path]:
+    """A stored model's generator, to export again under another name or setting (a label guidance).
+
+    The weights are the stored ones, checked against its SHA256SUMS; the card's training account comes
+    from the run folder its generator.json names, which must still hold config.json and split.json."""
+    stored = StoredModel(folder.parent.name, folder.name, folder)
+    verify(stored)
+    G, config = load_generator(folder)
+    recorded = config.get("exported_from")
+    run_dir = Path(recorded).parent.parent if recorded else None
+    if run_dir is None or not (run_dir / "config.json").is_file() or not (run_dir / "split.json").is_file():
+        raise ExportError(
+            f"{folder}: the run it was exported from ({recorded or 'not recorded'}) has no config.json "
+            "and split.json here; export from the run folder instead (run thorax from the repository root)"
+        )
+    cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
+    architecture = stored.card()["architecture"]
+    meta = {
+        "images_shown": round(config["kimg"] * 1000),
+        "torch": stored.card()["software"].get("trained_with_torch", "unknown"),
+        "bf16": architecture["precision"].startswith("bf16"),
+    }
+    info = {"cfg": cfg, "meta": meta, "run_dir": run_dir, "weights_from": stored.ref}
+    return G, info, Path(recorded)
 
 
 # ---- ONNX --------------------------------------------------------------------------------------
@@ -357,6 +386,7 @@ def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -
             "ema_beta": cfg.ema_beta,
             "precision": "bf16 autocast, gradient penalty in fp32" if meta.get("bf16") else "fp32",
             "conditioning": conditioning_summary(cfg),
+            "label_guidance": G.label_guidance,
         },
         "labels": {
             "names": list(cfg.label_names),
@@ -413,6 +443,12 @@ def card_markdown(card: ModelCard) -> str:
         for s in d.sources
     )
     conditioning = f"\nConditioning: {a.conditioning}." if a.conditioning else ""
+    if a.label_guidance != 1.0:
+        conditioning += (
+            f"\nLabel guidance {a.label_guidance:g}: every label is drawn {a.label_guidance:g} times as far "
+            "from no finding as the network was trained to draw it (no finding itself is unchanged), "
+            "for stronger signs of disease at the cost of variety within a label."
+        )
     cohort = f" One cohort only: {d.cohort}." if d.cohort else ""
     return f"""# Model card: {card.name} {card.version}
 
@@ -463,8 +499,15 @@ def export_model(
     batch_size: int = 8,
     max_batch_delay_ms: int = 20,
     force: bool = False,
+    label_guidance: float | None = None,
 ) -> StoredModel:
-    """Export a run's generator into `<store>/<name>/<version>/`; see the module docstring."""
+    """Export a run's generator into `<store>/<name>/<version>/`; see the module docstring.
+
+    `label_guidance` (> 0; None keeps the source's, 1.0 for a run) is baked into every file: the ONNX
+    graph, the TorchServe archive's generator.json and the sample grid draw each label that much
+    further from no finding (`Generator`'s docstring); the card records it."""
+    if label_guidance is not None and not (0.0 < label_guidance <= 10.0):
+        raise ExportError(f"label_guidance must be in (0, 10], got {label_guidance:g}")
     store = store or store_root()
     if (
         not name.replace("-", "").replace("_", "").isalnum()
@@ -475,11 +518,15 @@ def export_model(
     if target.exists() and not force:
         raise ExportError(f"{target} exists; give another --version (or --force to replace it)")
     G, info, meta_path = load_run_generator(source)
+    if label_guidance is not None:
+        G.label_guidance = float(label_guidance)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))
     try:
         cfg = info["cfg"]
         provenance = {"exported_from": str(meta_path), "kimg": info["meta"]["images_shown"] / 1000}
+        if "weights_from" in info:
+            provenance["weights_from"] = info["weights_from"]
         save_generator(work, G, generator_config(G, cfg.label_names, cfg.channels, cfg), provenance)
         export_onnx(G, work / "generator.onnx")
         worst = onnx_parity(G, work / "generator.onnx")

@@ -165,6 +165,11 @@ class Generator(nn.Module):
         label_modulation: width of a label embedding (a two-layer mapping of the label vector) that
                     scales and shifts the features after every convolution of every block, 4x4
                     included (conditional normalisation); 0 (the paper) conditions at the input only.
+        label_guidance: how far past a trained label's effect the network draws (1.0, as trained). At w,
+                    the labels at the input are w * labels and the modulations' embedding is
+                    e(0) + w * (e(labels) - e(0)), so an all-zero vector (no finding) draws as it was
+                    trained to, and each label's change from there is multiplied by w in the spaces
+                    where it enters (guidance, as in classifier-free guidance, at sampling time only).
 
     `cond_gain` (a plain attribute, 1.0 outside training) scales every conditional term: the labels
     at the input and the modulations. The training loop ramps it from 0 to 1 so that the network
@@ -179,9 +184,11 @@ class Generator(nn.Module):
         channels: dict[int, int],
         label_embedding: bool = False,
         label_modulation: int = 0,
+        label_guidance: float = 1.0,
     ) -> None:
         super().__init__()
         self.resolution = resolution
+        self.label_guidance = float(label_guidance)
         self.latent_dim = latent_dim
         self.num_labels = num_labels
         self.label_embedding = label_embedding
@@ -219,6 +226,13 @@ class Generator(nn.Module):
         labels = labels.to(z.dtype)
         gain = self.cond_gain
         embedding = self.label_map(labels) if self.label_modulation else None  # [N, E]
+        if self.label_guidance != 1.0:
+            w = self.label_guidance
+            if embedding is not None:
+                base = self.label_map(torch.zeros_like(labels))  # [N, E]: no finding's (same shape, so
+                # the same kernels: an all-zero row's embedding is then exactly its trained one)
+                embedding = base + w * (embedding - base)
+            labels = w * labels  # the input embedding is linear: w * labels is its guided form too
         if self.label_embedding:
             x = torch.cat([pixel_norm(z), gain * pixel_norm(self.embed(labels))], dim=1)  # [N, 2 * latent]
         else:

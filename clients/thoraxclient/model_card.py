@@ -46,6 +46,11 @@ class Architecture(_Strict):
     conditioning: str | None = Field(
         default=None, description="how the labels reach the generator and the critic (older cards: none)"
     )
+    label_guidance: float = Field(
+        default=1.0,
+        description="how far past its trained effect each label is drawn: 1.0 as trained, 2.0 twice "
+        "the change from no finding (older cards: 1.0)",
+    )
 
 
 class DataSource(_Strict):
