@@ -109,6 +109,24 @@ def test_sample_writes_pngs_with_their_labels_and_repeats_exactly(
     assert (tmp_path / "c" / "000000.png").read_bytes() != (out_a / "000000.png").read_bytes()
 
 
+def test_sample_previews_a_label_guidance_and_refuses_a_bad_one(tmp_path: Path, tiny_generator: Path) -> None:
+    def sample(out: str, *extra: str) -> subprocess.CompletedProcess:
+        return thorax("sample", "--model", str(tiny_generator), "--count", "2", "--seed", "3",
+                      "--out", str(tmp_path / out), *extra)  # fmt: skip
+
+    assert sample("plain", "--label", "Cardiomegaly").returncode == 0
+    assert sample("guided", "--label", "Cardiomegaly", "--label-guidance", "3").returncode == 0
+    assert sample("healthy").returncode == 0
+    assert sample("healthy-guided", "--label-guidance", "3").returncode == 0
+    png = "000000.png"
+    assert (tmp_path / "guided" / png).read_bytes() != (tmp_path / "plain" / png).read_bytes()
+    assert (tmp_path / "healthy-guided" / png).read_bytes() == (tmp_path / "healthy" / png).read_bytes()
+    row = json.loads((tmp_path / "guided" / "samples.jsonl").read_text().splitlines()[0])
+    assert row["label_guidance"] == 3.0
+    bad = sample("bad", "--label-guidance", "0")
+    assert bad.returncode == 2 and "--label-guidance" in bad.stderr and not (tmp_path / "bad").exists()
+
+
 def test_latents_are_keyed_by_seed_and_index_not_by_batch() -> None:
     whole = latents_for(3, range(10), 32)
     assert np.array_equal(whole[7], latent_for(3, 7, 32))

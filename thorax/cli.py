@@ -133,6 +133,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     model_dir = _model_folder(args.model)
     G, config = load_generator(model_dir)
+    if args.label_guidance is not None:
+        if not 0.0 < args.label_guidance <= 10.0:
+            raise UserError(f"--label-guidance: give a value in (0, 10], got {args.label_guidance:g}")
+        G.label_guidance = args.label_guidance
     label_names = tuple(config["label_names"])
     labels = np.zeros(len(label_names), dtype=np.float32)
     for name, value in args.label:
@@ -155,6 +159,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                     "seed": args.seed,
                     "index": index,
                     "labels": dict(zip(label_names, labels.tolist(), strict=True)),
+                    "label_guidance": G.label_guidance,
                 }
             )
     (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -499,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=32,
                    help="images per step (any gives the same bytes: the generator always runs in "
                    "passes of 16)")  # fmt: skip
+    p.add_argument("--label-guidance", type=float, metavar="W",
+                   help="draw each label W times as far from no finding as trained, to preview a "
+                   "strength before exporting it (default: the model's)")  # fmt: skip
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(

@@ -1038,6 +1038,8 @@ def cohort_score_gap(data: CohortData, model: torch.nn.Module, px: int, cache_fi
 def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
     """The card's `evaluation` section: the headline figures, the rest in evaluation.json."""
     summary: dict = {"file": "evaluation.json", "checks": list(opts.checks)}
+    if evaluation.get("label_guidance", 1.0) != 1.0:
+        summary["label_guidance"] = evaluation["label_guidance"]
     if cohort := evaluation.get("cohort"):
         summary["cohort"] = cohort["name"]
     if memo := evaluation.get("memorisation"):
@@ -1194,10 +1196,12 @@ def evaluate_model(
     # as the 64 px models. Memorisation compares at the model's own side.
     judged = data if px == resolution else replace(data, resolution=px, splits={})
     timings: dict[str, float] = {}
-    progress(f"{name}: {resolution} px, judged against {cohort} of {data_dir}")
+    guided = f", label guidance {G.label_guidance:g}" if G.label_guidance != 1.0 else ""
+    progress(f"{name}: {resolution} px{guided}, judged against {cohort} of {data_dir}")
     evaluation: dict = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": name,
+        "label_guidance": G.label_guidance,
         "data": describe_data(Path(data_dir), tuple(names)),
         "split": f"patient-disjoint {fractions}, hash seed {split_seed}: the training run's split",
         "cohort": {"name": cohort, "patient_prefixes": list(prefixes)},
