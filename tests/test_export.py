@@ -222,16 +222,13 @@ def test_a_stored_model_exports_again_with_a_label_guidance(model, tmp_path: Pat
     config = json.loads(guided.file("config").read_text())
     assert config["label_guidance"] == 2.0 and config["weights_from"] == "tiny/1"
     assert config["exported_from"] == json.loads(model.file("config").read_text())["exported_from"]
-    card = ModelCard.model_validate(guided.card())
-    assert (
-        card.architecture.label_guidance == 2.0
-        and card.architecture.kimg == model.card()["architecture"]["kimg"]
-    )
-    assert card.training_data == ModelCard.model_validate(model.card()).training_data
+    card, source_card = ModelCard.model_validate(guided.card()), ModelCard.model_validate(model.card())
+    assert card.architecture.label_guidance == 2.0 and card.architecture.kimg == source_card.architecture.kimg
+    assert card.training_data == source_card.training_data
     assert "Label guidance 2" in guided.file("card_markdown").read_text()
     assert "label guidance: 2 " in summary(card.model_dump(mode="json"))
-    assert "label guidance" not in summary(ModelCard.model_validate(model.card()).model_dump(mode="json"))
-    assert ModelCard.model_validate(model.card()).architecture.label_guidance == 1.0
+    assert "label guidance" not in summary(source_card.model_dump(mode="json"))
+    assert source_card.architecture.label_guidance == 1.0
     before, after = load_generator(model.path)[0], load_generator(guided.path)[0]
     assert after.label_guidance == 2.0
     for key, value in before.state_dict().items():

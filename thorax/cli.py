@@ -129,14 +129,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from thorax.labels import canonical_label
     from thorax.latents import latents_for
     from training.checkpoint import load_generator
+    from training.networks import checked_label_guidance
     from training.sample import generate_fixed, to_uint8, write_pngs
 
     model_dir = _model_folder(args.model)
     G, config = load_generator(model_dir)
     if args.label_guidance is not None:
-        if not 0.0 < args.label_guidance <= 10.0:
-            raise UserError(f"--label-guidance: give a value in (0, 10], got {args.label_guidance:g}")
-        G.label_guidance = args.label_guidance
+        try:
+            G.label_guidance = checked_label_guidance(args.label_guidance)
+        except ValueError as exc:
+            raise UserError(f"--label-guidance: {exc}") from None
     label_names = tuple(config["label_names"])
     labels = np.zeros(len(label_names), dtype=np.float32)
     for name, value in args.label:

@@ -38,7 +38,7 @@ from training import serve_handler
 from training.checkpoint import generator_config, latest_checkpoint, load_generator, save_generator
 from training.config import config_from_dict
 from training.data import read_label_table
-from training.networks import Generator, fold_equalized_lr
+from training.networks import Generator, checked_label_guidance, fold_equalized_lr
 from training.sample import sample_grid
 from training.train import make_generator
 
@@ -141,11 +141,11 @@ def load_stored_generator(folder: Path) -> tuple[Generator, dict, Path]:
             "and split.json here; export from the run folder instead (run thorax from the repository root)"
         )
     cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
-    architecture = stored.card()["architecture"]
+    card = stored.card()
     meta = {
         "images_shown": round(config["kimg"] * 1000),
-        "torch": stored.card()["software"].get("trained_with_torch", "unknown"),
-        "bf16": architecture["precision"].startswith("bf16"),
+        "torch": card["software"].get("trained_with_torch", "unknown"),
+        "bf16": card["architecture"]["precision"].startswith("bf16"),
     }
     info = {"cfg": cfg, "meta": meta, "run_dir": run_dir, "weights_from": stored.ref}
     return G, info, Path(recorded)
@@ -506,8 +506,11 @@ def export_model(
     `label_guidance` (> 0; None keeps the source's, 1.0 for a run) is baked into every file: the ONNX
     graph, the TorchServe archive's generator.json and the sample grid draw each label that much
     further from no finding (`Generator`'s docstring); the card records it."""
-    if label_guidance is not None and not (0.0 < label_guidance <= 10.0):
-        raise ExportError(f"label_guidance must be in (0, 10], got {label_guidance:g}")
+    if label_guidance is not None:
+        try:
+            label_guidance = checked_label_guidance(label_guidance)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
     store = store or store_root()
     if (
         not name.replace("-", "").replace("_", "").isalnum()
@@ -519,7 +522,7 @@ def export_model(
         raise ExportError(f"{target} exists; give another --version (or --force to replace it)")
     G, info, meta_path = load_run_generator(source)
     if label_guidance is not None:
-        G.label_guidance = float(label_guidance)
+        G.label_guidance = label_guidance
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))
     try:

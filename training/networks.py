@@ -125,6 +125,16 @@ class LabelModulation(nn.Module):
         return x * (1.0 + gain * scale) + gain * shift  # scale, shift: [N, C, 1, 1]
 
 
+MAX_LABEL_GUIDANCE = 10.0
+
+
+def checked_label_guidance(w: float) -> float:
+    """A label guidance as a float, or ValueError (naming the setting) when it is outside (0, 10]."""
+    if not 0.0 < w <= MAX_LABEL_GUIDANCE:
+        raise ValueError(f"label_guidance must be in (0, {MAX_LABEL_GUIDANCE:g}], got {w:g}")
+    return float(w)
+
+
 class GeneratorBlock(nn.Module):
     """Doubles the resolution: nearest upsampling, then two 3x3 convolutions with pixel norm, each
     followed by a label modulation when the generator has one."""
@@ -188,7 +198,7 @@ class Generator(nn.Module):
     ) -> None:
         super().__init__()
         self.resolution = resolution
-        self.label_guidance = float(label_guidance)
+        self.label_guidance = checked_label_guidance(label_guidance)
         self.latent_dim = latent_dim
         self.num_labels = num_labels
         self.label_embedding = label_embedding
