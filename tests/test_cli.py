@@ -125,6 +125,15 @@ def test_sample_previews_a_label_guidance_and_refuses_a_bad_one(tmp_path: Path, 
     assert row["label_guidance"] == 3.0
     bad = sample("bad", "--label-guidance", "0")
     assert bad.returncode == 2 and "--label-guidance" in bad.stderr and not (tmp_path / "bad").exists()
+    assert sample("placed", "--label", "Cardiomegaly", "--label-guidance", "input=2").returncode == 0
+    assert (tmp_path / "placed" / png).read_bytes() not in {
+        (tmp_path / p / png).read_bytes() for p in ("plain", "guided")
+    }
+    row = json.loads((tmp_path / "placed" / "samples.jsonl").read_text().splitlines()[0])
+    assert row["label_guidance"] == {"input": 2.0}
+    for wrong, why in [("8=x", "is not PLACE=NUMBER"), ("8=2", "labels enter at the input only")]:
+        refused = sample("refused", "--label-guidance", wrong)
+        assert refused.returncode == 2 and why in refused.stderr and not (tmp_path / "refused").exists()
 
 
 def test_latents_are_keyed_by_seed_and_index_not_by_batch() -> None:

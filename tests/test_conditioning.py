@@ -9,7 +9,7 @@ import torch
 from thorax.errors import UserError
 from training.augment import AdaptiveStrength, augment, brightness_contrast, cutout, translate
 from training.config import config_from_dict, load_config
-from training.networks import Discriminator, Generator, fold_equalized_lr
+from training.networks import Discriminator, Generator, fold_equalized_lr, parse_label_guidance
 from training.train import label_row_weights
 
 CHANNELS = {4: 8, 8: 8, 16: 6}
@@ -92,6 +92,55 @@ def test_a_guided_generator_folds_for_export_without_changing_its_images() -> No
     z, labels = torch.randn(4, LATENT), torch.rand(4, LABELS)
     before = G(z, labels)
     assert torch.allclose(before, fold_equalized_lr(G)(z, labels), atol=1e-5)
+
+
+def test_label_guidance_per_place_changes_only_the_blocks_it_names() -> None:
+    """{"16": 3}: the 16 px block's modulations read e0 + 3 (e - e0); the 4 and 8 px blocks and the
+    input read the labels as trained, and no finding draws as trained."""
+    G = _trained_modulation(_modulated())
+    z, zeros = torch.randn(3, LATENT), torch.zeros(3, LABELS)
+    sick = zeros.clone()
+    sick[:, 4] = 1.0
+    seen: dict[str, list[torch.Tensor]] = {"4": [], "8": [], "16": []}
+    modules = {"4": G.mod4, "8": G.blocks["8"].mod0, "16": G.blocks["16"].mod0}
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args, side=side: seen[side].append(args[1].detach().clone()))
+        for side, m in modules.items()
+    ]
+    as_trained, healthy = G(z, sick), G(z, zeros)
+    G.label_guidance = {"16": 3.0}
+    guided, guided_healthy = G(z, sick), G(z, zeros)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(guided_healthy, healthy) and not torch.allclose(guided, as_trained)
+    e_sick, e0 = seen["4"][0], seen["4"][1]
+    assert torch.equal(seen["4"][2], e_sick) and torch.equal(seen["8"][2], e_sick)  # as trained
+    assert torch.allclose(seen["16"][2], e0 + 3.0 * (e_sick - e0), atol=1e-5)
+    G.label_guidance = {"4": 3.0, "8": 3.0, "16": 3.0, "input": 3.0}  # every place: the uniform form
+    everywhere = G(z, sick)
+    G.label_guidance = 3.0
+    assert torch.allclose(everywhere, G(z, sick), atol=1e-6)
+
+
+def test_label_guidance_per_place_is_checked_and_parsed() -> None:
+    assert parse_label_guidance("1.5") == 1.5
+    assert parse_label_guidance(" 32=1.5, input=2,16=2.5") == {"input": 2.0, "16": 2.5, "32": 1.5}
+    for text, why in [
+        ("0", "in \\(0, 10\\]"),
+        ("16=0", "at 16"),
+        ("12=2", "unknown place '12'"),
+        ("16=x", "'16=x' is not PLACE=NUMBER"),
+        ("16=2,32", "'32' is not PLACE=NUMBER"),
+        ("strong", "expected a number"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_label_guidance(text)
+    G = _modulated()
+    with pytest.raises(ValueError, match="names block 32, but this generator's largest is 16"):
+        G.label_guidance = {"32": 2.0}
+    with pytest.raises(ValueError, match="names block 32"):
+        Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10, label_guidance={"32": 2.0})
+    assert G.label_guidance == 1.0  # a refused setting leaves the generator as it was
 
 
 def test_projection_critic_adds_a_term_linear_in_the_labels() -> None:

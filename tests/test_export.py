@@ -44,10 +44,14 @@ def model(store: Path):
     return open_model(None, store)
 
 
-def onnx_uint8(model, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def onnx_float(model, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(model.file("onnx")), providers=["CPUExecutionProvider"])
     (images,) = session.run(["images"], {"z": z, "labels": labels})
-    return np.round((images[:, 0] + 1.0) * 127.5).astype(np.uint8)
+    return images[:, 0]
+
+
+def onnx_uint8(model, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.round((onnx_float(model, z, labels) + 1.0) * 127.5).astype(np.uint8)
 
 
 def test_store_layout_and_default(store: Path, model) -> None:
@@ -250,6 +254,30 @@ def test_a_stored_model_exports_again_with_a_label_guidance(model, tmp_path: Pat
     assert int(np.abs(got.astype(int) - new.astype(int)).max()) <= 1
 
 
+def test_a_label_guidance_per_place_is_baked_in_and_described(model, tmp_path: Path) -> None:
+    """Guidance at one place (here the input: the tiny model has no modulations): the card, its markdown
+    and `models show` name the place, the ONNX graph draws no finding as before and a label
+    differently; a place the model lacks is refused before anything is written."""
+    root = tmp_path / "store"
+    guided = export_model(model.path, "tiny", "2", store=root, label_guidance={"input": 2.5})
+    card = ModelCard.model_validate(guided.card())
+    assert card.architecture.label_guidance == {"input": 2.5}
+    assert json.loads(guided.file("config").read_text())["label_guidance"] == {"input": 2.5}
+    assert "Label guidance input 2.5: at each place named" in guided.file("card_markdown").read_text()
+    assert "label guidance: input 2.5 (at those places" in summary(card.model_dump(mode="json"))
+    assert load_generator(guided.path)[0].label_guidance == {"input": 2.5}
+    z = latents_for(5, range(4), 16)
+    labels = np.zeros((4, 14), np.float32)
+    labels[2:, 1] = 1.0
+    old, new = onnx_uint8(model, z, labels), onnx_uint8(guided, z, labels)
+    assert np.array_equal(old[:2], new[:2]) and not np.array_equal(old[2:], new[2:])
+    for wrong, why in [({"32": 2.0}, "at block 32: this generator's labels enter at the input only")]:
+        with pytest.raises(ExportError, match=why):
+            export_model(model.path, "tiny", "3", store=root, label_guidance=wrong)
+    assert not (root / "tiny" / "3").exists()
+    assert not [p for p in (root / "tiny").iterdir() if p.name.startswith(".")]
+
+
 def test_a_bad_label_guidance_or_a_missing_run_writes_nothing(model, tmp_path: Path) -> None:
     root = tmp_path / "store"
     with pytest.raises(ExportError, match="label_guidance"):
@@ -374,3 +402,14 @@ def test_a_conditioning_variant_run_exports_and_serves(tmp_path: Path, data_dir:
     want = onnx_uint8(model, latents_for(3, [0, 0], 16), labels)
     assert int(np.abs(got.astype(int) - want.astype(int)).max()) <= 1
     assert not np.array_equal(got[0], got[1])  # the label changes the image
+    if settings.get("label_modulation"):  # guidance on one block's modulations (export checks parity)
+        guided = export_model(model.path, f"tiny-{variant}", "2", store=tmp_path / "store",
+                              label_guidance={"8": 4.0})  # fmt: skip
+        z = latents_for(3, [0, 1], 16)
+        before, after = onnx_float(model, z, labels), onnx_float(guided, z, labels)
+        assert np.array_equal(before[0], after[0])  # no finding as before
+        assert np.abs(before[1] - after[1]).max() > 1e-4
+        with pytest.raises(ExportError, match="names block 32, but this generator's largest is 16"):
+            export_model(
+                model.path, f"tiny-{variant}", "3", store=tmp_path / "store", label_guidance={"32": 2.0}
+            )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import textwrap
 
+from thoraxclient.model_card import describe_label_guidance
+
 WIDTH = 100
 
 
@@ -75,10 +77,14 @@ def summary(card: dict, is_default: bool = False) -> str:
     ]
     if arch.get("conditioning"):
         lines += _wrapped(arch["conditioning"], "    ", "  conditioning: ")
-    if arch.get("label_guidance", 1.0) != 1.0:
+    guidance = arch.get("label_guidance", 1.0)
+    if isinstance(guidance, dict):
         lines.append(
-            f"  label guidance: {arch['label_guidance']:g} (labels drawn that many times as far as trained)"
+            f"  label guidance: {describe_label_guidance(guidance)} (at those places labels are drawn that "
+            "many times as far as trained; elsewhere as trained)"
         )
+    elif guidance != 1.0:
+        lines.append(f"  label guidance: {guidance:g} (labels drawn that many times as far as trained)")
     lines += ["", f"labels ({labels['encoding']}):", *_wrapped(", ".join(labels["names"]), "  ")]
     lines += ["", "training data:", *_wrapped(data["description"], "  ")]
     if data.get("cohort"):

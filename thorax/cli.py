@@ -82,6 +82,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _label_guidance(text: str) -> float | dict[str, float]:
+    from training.networks import parse_label_guidance
+
+    try:
+        return parse_label_guidance(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _label_value(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     if not sep:
@@ -129,15 +138,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from thorax.labels import canonical_label
     from thorax.latents import latents_for
     from training.checkpoint import load_generator
-    from training.networks import checked_label_guidance
     from training.sample import generate_fixed, to_uint8, write_pngs
 
     model_dir = _model_folder(args.model)
     G, config = load_generator(model_dir)
     if args.label_guidance is not None:
         try:
-            G.label_guidance = checked_label_guidance(args.label_guidance)
-        except ValueError as exc:
+            G.label_guidance = args.label_guidance
+        except ValueError as exc:  # a block side the model does not have
             raise UserError(f"--label-guidance: {exc}") from None
     label_names = tuple(config["label_names"])
     labels = np.zeros(len(label_names), dtype=np.float32)
@@ -506,9 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=32,
                    help="images per step (any gives the same bytes: the generator always runs in "
                    "passes of 16)")  # fmt: skip
-    p.add_argument("--label-guidance", type=float, metavar="W",
+    p.add_argument("--label-guidance", type=_label_guidance, metavar="W",
                    help="draw each label W times as far from no finding as trained, to preview a "
-                   "strength before exporting it (default: the model's)")  # fmt: skip
+                   "strength before exporting it; or per place, e.g. 16=2.5 (the 16 px block's "
+                   "modulations; input = the labels beside the latent; others as trained) (default: "
+                   "the model's)")  # fmt: skip
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
@@ -528,10 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing version")
     p.add_argument(
         "--label-guidance",
-        type=float,
+        type=_label_guidance,
         metavar="W",
-        help="draw each label W times as far from no finding as trained (default: the source's; 1 for a "
-        "run); baked into the ONNX graph and the archive, recorded in the card",
+        help="draw each label W times as far from no finding as trained, or per place, e.g. 16=2.5 "
+        "(default: the source's; 1 for a run); baked into the ONNX graph and the archive, recorded in "
+        "the card",
     )
     p.set_defaults(func=_cmd_export)
 

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from thoraxclient.model_card import ModelCard
+from thoraxclient.model_card import ModelCard, describe_label_guidance
 
 from thorax.latents import latents_for
 from thorax.pictures import difference_row, heatmap, tile_grid
@@ -76,7 +76,7 @@ from training.metrics import (
     roc_auc,
     spearman,
 )
-from training.networks import level_of
+from training.networks import is_guided, level_of
 from training.sample import grid_image, to_uint8
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
@@ -1038,7 +1038,7 @@ def cohort_score_gap(data: CohortData, model: torch.nn.Module, px: int, cache_fi
 def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
     """The card's `evaluation` section: the headline figures, the rest in evaluation.json."""
     summary: dict = {"file": "evaluation.json", "checks": list(opts.checks)}
-    if evaluation.get("label_guidance", 1.0) != 1.0:
+    if is_guided(evaluation.get("label_guidance", 1.0)):
         summary["label_guidance"] = evaluation["label_guidance"]
     if cohort := evaluation.get("cohort"):
         summary["cohort"] = cohort["name"]
@@ -1196,7 +1196,9 @@ def evaluate_model(
     # as the 64 px models. Memorisation compares at the model's own side.
     judged = data if px == resolution else replace(data, resolution=px, splits={})
     timings: dict[str, float] = {}
-    guided = f", label guidance {G.label_guidance:g}" if G.label_guidance != 1.0 else ""
+    guided = (
+        f", label guidance {describe_label_guidance(G.label_guidance)}" if is_guided(G.label_guidance) else ""
+    )
     progress(f"{name}: {resolution} px{guided}, judged against {cohort} of {data_dir}")
     evaluation: dict = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -38,7 +38,7 @@ from training import serve_handler
 from training.checkpoint import generator_config, latest_checkpoint, load_generator, save_generator
 from training.config import config_from_dict
 from training.data import read_label_table
-from training.networks import Generator, checked_label_guidance, fold_equalized_lr
+from training.networks import Generator, LabelGuidance, checked_label_guidance, fold_equalized_lr
 from training.sample import sample_grid
 from training.train import make_generator
 
@@ -443,7 +443,14 @@ def card_markdown(card: ModelCard) -> str:
         for s in d.sources
     )
     conditioning = f"\nConditioning: {a.conditioning}." if a.conditioning else ""
-    if a.label_guidance != 1.0:
+    if a.is_guided() and isinstance(a.label_guidance, dict):
+        conditioning += (
+            f"\nLabel guidance {a.label_guidance_text()}: at each place named (the labels beside the "
+            "latent, or the modulations of the blocks of that side) every label's change from no finding "
+            "is taken that many times as far as the network was trained to draw it; elsewhere, and for no "
+            "finding itself, as trained: stronger signs of disease, at some cost in variety within a label."
+        )
+    elif a.is_guided():
         conditioning += (
             f"\nLabel guidance {a.label_guidance:g}: every label is drawn {a.label_guidance:g} times as far "
             "from no finding as the network was trained to draw it (no finding itself is unchanged), "
@@ -499,13 +506,14 @@ def export_model(
     batch_size: int = 8,
     max_batch_delay_ms: int = 20,
     force: bool = False,
-    label_guidance: float | None = None,
+    label_guidance: LabelGuidance | None = None,
 ) -> StoredModel:
     """Export a run's generator into `<store>/<name>/<version>/`; see the module docstring.
 
-    `label_guidance` (> 0; None keeps the source's, 1.0 for a run) is baked into every file: the ONNX
-    graph, the TorchServe archive's generator.json and the sample grid draw each label that much
-    further from no finding (`Generator`'s docstring); the card records it."""
+    `label_guidance` (a number in (0, 10], or one per place such as {"16": 2.5}; None keeps the
+    source's, 1.0 for a run) is baked into every file: the ONNX graph, the TorchServe archive's
+    generator.json and the sample grid draw each label that much further from no finding
+    (`Generator`'s docstring); the card records it."""
     if label_guidance is not None:
         try:
             label_guidance = checked_label_guidance(label_guidance)
@@ -522,7 +530,10 @@ def export_model(
         raise ExportError(f"{target} exists; give another --version (or --force to replace it)")
     G, info, meta_path = load_run_generator(source)
     if label_guidance is not None:
-        G.label_guidance = label_guidance
+        try:
+            G.label_guidance = label_guidance
+        except ValueError as exc:  # a block side this generator does not have
+            raise ExportError(str(exc)) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))
     try:

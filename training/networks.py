@@ -126,13 +126,74 @@ class LabelModulation(nn.Module):
 
 
 MAX_LABEL_GUIDANCE = 10.0
+GUIDANCE_INPUT = "input"  # the key of the labels concatenated with the latent, beside the blocks' sides
+
+LabelGuidance = float | dict[str, float]
 
 
-def checked_label_guidance(w: float) -> float:
-    """A label guidance as a float, or ValueError (naming the setting) when it is outside (0, 10]."""
-    if not 0.0 < w <= MAX_LABEL_GUIDANCE:
-        raise ValueError(f"label_guidance must be in (0, {MAX_LABEL_GUIDANCE:g}], got {w:g}")
+def _checked_weight(w: object, where: str) -> float:
+    if isinstance(w, bool) or not isinstance(w, int | float) or not 0.0 < w <= MAX_LABEL_GUIDANCE:
+        raise ValueError(f"label_guidance{where} must be a number in (0, {MAX_LABEL_GUIDANCE:g}], got {w!r}")
     return float(w)
+
+
+def _guidance_key_order(key: str) -> int:
+    return -1 if key == GUIDANCE_INPUT else int(key)
+
+
+def checked_label_guidance(w: object) -> LabelGuidance:
+    """A label guidance, checked: a number in (0, 10] for every place the labels enter, or a mapping from
+    places to numbers, the others staying as trained: "input" (the labels beside the latent) and block
+    sides ("4", "8", ..., the modulations of that block; "4" includes the 4x4 convolution's). A mapping is
+    returned with string keys in input-then-side order. ValueError names what is wrong."""
+    if not isinstance(w, dict):
+        return _checked_weight(w, "")
+    if not w:
+        raise ValueError("label_guidance: an empty mapping (give a number, or places such as 16=2)")
+    out = {}
+    for key, value in w.items():
+        key = str(key).strip()
+        side_ok = key.isdigit() and int(key) >= 4 and int(key) & (int(key) - 1) == 0
+        if key != GUIDANCE_INPUT and not side_ok:
+            raise ValueError(
+                f"label_guidance: unknown place {key!r}: use {GUIDANCE_INPUT!r} or a block side "
+                "(4, 8, 16, ...)"
+            )
+        out[key] = _checked_weight(value, f" at {key}")
+    return dict(sorted(out.items(), key=lambda kv: _guidance_key_order(kv[0])))
+
+
+def parse_label_guidance(text: str) -> LabelGuidance:
+    """`--label-guidance` as typed: "1.5" (everywhere) or "16=2.5,32=1.5" (those places; the others 1)."""
+    text = text.strip()
+    if "=" not in text:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"expected a number such as 1.5, or places such as 16=2,32=1.5; got {text!r}"
+            ) from None
+        return checked_label_guidance(value)
+    pairs: dict[str, object] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        try:
+            pairs[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not PLACE=NUMBER (e.g. 16=2)") from None
+        if not sep:
+            raise ValueError(f"{part.strip()!r} is not PLACE=NUMBER (e.g. 16=2)")
+    return checked_label_guidance(pairs)
+
+
+def guidance_weight(guidance: LabelGuidance, place: str) -> float:
+    """The guidance at one place ("input" or a block side as a string)."""
+    return guidance if isinstance(guidance, float | int) else guidance.get(place, 1.0)
+
+
+def is_guided(guidance: LabelGuidance) -> bool:
+    """Whether any place is drawn other than as trained."""
+    return any(v != 1.0 for v in guidance.values()) if isinstance(guidance, dict) else guidance != 1.0
 
 
 class GeneratorBlock(nn.Module):
@@ -180,6 +241,9 @@ class Generator(nn.Module):
                     e(0) + w * (e(labels) - e(0)), so an all-zero vector (no finding) draws as it was
                     trained to, and each label's change from there is multiplied by w in the spaces
                     where it enters (guidance, as in classifier-free guidance, at sampling time only).
+                    A mapping sets w per place ("input", or a block side such as "16"; the others 1),
+                    e.g. {"16": 2.5}: the labels' effect on the 16x16 block alone, where the heart's
+                    and the bases' shapes are drawn. Checked again when set later.
 
     `cond_gain` (a plain attribute, 1.0 outside training) scales every conditional term: the labels
     at the input and the modulations. The training loop ramps it from 0 to 1 so that the network
@@ -194,11 +258,10 @@ class Generator(nn.Module):
         channels: dict[int, int],
         label_embedding: bool = False,
         label_modulation: int = 0,
-        label_guidance: float = 1.0,
+        label_guidance: LabelGuidance = 1.0,
     ) -> None:
         super().__init__()
         self.resolution = resolution
-        self.label_guidance = checked_label_guidance(label_guidance)
         self.latent_dim = latent_dim
         self.num_labels = num_labels
         self.label_embedding = label_embedding
@@ -226,6 +289,29 @@ class Generator(nn.Module):
             res = resolution_of(level)
             self.blocks[str(res)] = GeneratorBlock(channels[res // 2], channels[res], label_modulation)
             self.to_rgb[str(res)] = EqualizedConv2d(channels[res], 1, 1, gain=1.0)
+        self.label_guidance = label_guidance
+
+    @property
+    def label_guidance(self) -> LabelGuidance:
+        return self._label_guidance
+
+    @label_guidance.setter
+    def label_guidance(self, w: LabelGuidance) -> None:
+        w = checked_label_guidance(w)
+        if isinstance(w, dict):
+            blocks = [k for k in w if k != GUIDANCE_INPUT]
+            if blocks and not self.label_modulation:
+                raise ValueError(
+                    f"label_guidance at block {blocks[0]}: this generator's labels enter at the input only "
+                    f"(no label modulation); give a number or {GUIDANCE_INPUT}=W"
+                )
+            too_large = [k for k in blocks if int(k) > self.resolution]
+            if too_large:
+                raise ValueError(
+                    f"label_guidance names block {too_large[0]}, but this generator's largest "
+                    f"is {self.resolution}"
+                )
+        self._label_guidance = w
 
     def forward(
         self, z: torch.Tensor, labels: torch.Tensor, level: int | None = None, alpha: float = 1.0
@@ -236,13 +322,20 @@ class Generator(nn.Module):
         labels = labels.to(z.dtype)
         gain = self.cond_gain
         embedding = self.label_map(labels) if self.label_modulation else None  # [N, E]
-        if self.label_guidance != 1.0:
-            w = self.label_guidance
-            if embedding is not None:
-                base = self.label_map(torch.zeros_like(labels))  # [N, E]: no finding's (same shape, so
-                # the same kernels: an all-zero row's embedding is then exactly its trained one)
-                embedding = base + w * (embedding - base)
-            labels = w * labels  # the input embedding is linear: w * labels is its guided form too
+        guidance = self.label_guidance
+        embedding_at: dict[str, torch.Tensor | None] = {}  # block side -> that block's embedding
+        if is_guided(guidance) and embedding is not None:
+            base = self.label_map(torch.zeros_like(labels))  # [N, E]: no finding's (same shape, so
+            # the same kernels: an all-zero row's embedding is then exactly its trained one)
+            guided: dict[float, torch.Tensor] = {}  # one embedding per strength
+            for lv in range(1, self.max_level + 1):
+                w = guidance_weight(guidance, str(resolution_of(lv)))
+                if w != 1.0:
+                    if w not in guided:
+                        guided[w] = base + w * (embedding - base)
+                    embedding_at[str(resolution_of(lv))] = guided[w]
+        if (w_input := guidance_weight(guidance, GUIDANCE_INPUT)) != 1.0:
+            labels = w_input * labels  # the input embedding is linear: w * labels is its guided form too
         if self.label_embedding:
             x = torch.cat([pixel_norm(z), gain * pixel_norm(self.embed(labels))], dim=1)  # [N, 2 * latent]
         else:
@@ -251,11 +344,12 @@ class Generator(nn.Module):
         x = pixel_norm(lrelu(x))
         x = pixel_norm(lrelu(self.conv4(x)))  # [N, C4, 4, 4]
         if self.label_modulation:
-            x = self.mod4(x, embedding, gain)
+            x = self.mod4(x, embedding_at.get("4", embedding), gain)
         previous = x
         for lv in range(2, level + 1):
             previous = x
-            x = self.blocks[str(resolution_of(lv))](x, embedding, gain)  # [N, C_res, res, res]
+            side = str(resolution_of(lv))
+            x = self.blocks[side](x, embedding_at.get(side, embedding), gain)  # [N, C_res, res, res]
         out = self.to_rgb[str(resolution_of(level))](x)  # [N, 1, R, R]
         if level > 1 and alpha < 1.0:
             skip = upsample2(self.to_rgb[str(resolution_of(level - 1))](previous))  # [N, 1, R, R]

@@ -46,11 +46,27 @@ class Architecture(_Strict):
     conditioning: str | None = Field(
         default=None, description="how the labels reach the generator and the critic (older cards: none)"
     )
-    label_guidance: float = Field(
+    label_guidance: float | dict[str, float] = Field(
         default=1.0,
         description="how far past its trained effect each label is drawn: 1.0 as trained, 2.0 twice "
-        "the change from no finding (older cards: 1.0)",
+        "the change from no finding; or per place ('input': the labels beside the latent, '16': the "
+        "modulations of the 16 px block), the places not named as trained (older cards: 1.0)",
     )
+
+    def label_guidance_text(self) -> str:
+        """The guidance in words: "1.5", or "16 px 2.5, 32 px 1.5" for one given per place."""
+        return describe_label_guidance(self.label_guidance)
+
+    def is_guided(self) -> bool:
+        g = self.label_guidance
+        return any(v != 1.0 for v in g.values()) if isinstance(g, dict) else g != 1.0
+
+
+def describe_label_guidance(guidance: float | dict[str, float]) -> str:
+    """A label guidance in words: "1.5", or per place "input 2, 16 px 2.5" (the places not named: 1)."""
+    if isinstance(guidance, dict):
+        return ", ".join(f"{k if k == 'input' else k + ' px'} {v:g}" for k, v in guidance.items())
+    return f"{guidance:g}"
 
 
 class DataSource(_Strict):
