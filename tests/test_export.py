@@ -25,7 +25,7 @@ from thorax.labels import NIH_LABELS
 from thorax.latents import latents_for
 from thorax.store import StoreError, find_model, list_models, open_model, write_sums
 from training.checkpoint import load_generator
-from training.export import ExportError, export_model, onnx_parity
+from training.export import ExportError, card_markdown, export_model, onnx_parity
 from training.serve_handler import GeneratorHandler
 
 
@@ -266,6 +266,8 @@ def test_a_label_guidance_per_place_is_baked_in_and_described(model, tmp_path: P
     assert "Label guidance input 2.5: at each place named" in guided.file("card_markdown").read_text()
     assert "label guidance: input 2.5 (at those places" in summary(card.model_dump(mode="json"))
     assert load_generator(guided.path)[0].label_guidance == {"input": 2.5}
+    judged = card.model_copy(update={"evaluation": {"label_guidance": {"input": 2.5}}})  # as evaluate writes
+    assert "| label guidance | input 2.5 |" in card_markdown(judged)
     z = latents_for(5, range(4), 16)
     labels = np.zeros((4, 14), np.float32)
     labels[2:, 1] = 1.0

@@ -423,6 +423,14 @@ def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -
     return ModelCard.model_validate(card)
 
 
+def _evaluation_value(key: str, v: object) -> str:
+    if key == "label_guidance":
+        from thoraxclient.model_card import describe_label_guidance
+
+        return describe_label_guidance(v)  # type: ignore[arg-type]
+    return ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
 def card_markdown(card: ModelCard) -> str:
     a, d = card.architecture, card.training_data
     progress = "the whole schedule" if a.complete else "stopped before the end of its schedule"
@@ -430,8 +438,7 @@ def card_markdown(card: ModelCard) -> str:
         evaluation = "Not evaluated yet (`thorax evaluate`)."
     else:
         rows = [
-            f"| {key.replace('_', ' ')} | {', '.join(map(str, v)) if isinstance(v, list) else v} |"
-            for key, v in card.evaluation.items()
+            f"| {key.replace('_', ' ')} | {_evaluation_value(key, v)} |" for key, v in card.evaluation.items()
         ]
         header = "From `thorax evaluate`; every figure is in `evaluation.json`."
         evaluation = "\n".join([header, "", "| measure | value |", "|---|---|", *rows])
