@@ -357,6 +357,56 @@ def test_the_command_takes_a_stored_model_or_a_generator_folder(
     assert "not a generator folder" in capsys.readouterr().err
 
 
+def test_a_trial_at_another_guidance_goes_into_its_own_folder_and_leaves_the_model_alone(
+    tiny_store: Path,
+    tmp_path: Path,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`thorax evaluate tiny/1 --label-guidance input=2 --out DIR`: the quick check of the model drawn
+    at another strength, recorded in DIR; the stored model's files, record and card stay as they were.
+    Without --out such a trial is refused, as is a stored model's folder given as a generator folder."""
+    from thorax import cli
+
+    monkeypatch.setenv("THORAX_CACHE_DIR", str(tmp_path / "cache"))
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    sums = (store / "tiny" / "1" / "SHA256SUMS").read_bytes()
+    opts = EvalOptions(
+        checks=("sweep", "collapse"), epochs=1, sweep_steps=3, sweep_latents=2, collapse_latents=6
+    )
+    out = tmp_path / "trial"
+    quiet = {"progress": lambda _: None}
+    plain = evaluate_model("tiny/1", data_dir, opts, store=store, out_dir=tmp_path / "plain", **quiet)
+    trial = evaluate_model(
+        "tiny/1", data_dir, opts, store=store, label_guidance={"input": 2.0}, out_dir=out, **quiet
+    )
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["label_guidance"] == {"input": 2.0} == trial["label_guidance"] and saved["model"] == "tiny/1"
+    assert plain["label_guidance"] == 1.0
+    assert trial["controllability"] != plain["controllability"]  # the labels were drawn differently
+    assert (store / "tiny" / "1" / "SHA256SUMS").read_bytes() == sums
+    assert ModelCard.model_validate(open_model("tiny/1", store).card()).evaluation is None  # card as it was
+    assert not (store / "tiny" / "1" / "evaluation.json").exists()
+
+    with pytest.raises(UserError, match="give --out DIR"):
+        evaluate_model("tiny/1", data_dir, opts, store=store, label_guidance=2.0)
+    with pytest.raises(UserError, match="is a stored model's folder"):
+        evaluate_model(None, data_dir, opts, generator_dir=store / "tiny" / "1")
+    with pytest.raises(UserError, match="labels enter at the input only"):
+        evaluate_model(
+            "tiny/1", data_dir, opts, store=store, label_guidance={"8": 2.0}, out_dir=tmp_path / "x"
+        )
+    assert not (tmp_path / "x").exists()
+    assert (store / "tiny" / "1" / "SHA256SUMS").read_bytes() == sums
+    args = ["evaluate", "tiny/1", "--store", str(store), "--label-guidance", "0"]
+    assert cli.main(args) == 2  # argparse refuses the value itself
+    assert "--label-guidance" in capsys.readouterr().err
+    assert cli.main([*args[:-1], "16=2"]) == 2  # no --out
+    assert "give --out DIR" in capsys.readouterr().err
+
+
 def test_the_command_knows_the_same_checks() -> None:
     from thorax import cli
 

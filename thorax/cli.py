@@ -281,14 +281,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         tstr_repeats=args.tstr_repeats,
     )
     generator = Path(args.generator) if args.generator else None
+    out = Path(args.out) if args.out else None
     evaluation = evaluate_model(
         args.model,
         Path(args.data),
         opts,
         store=Path(args.store) if args.store else None,
         generator_dir=generator,
+        label_guidance=args.label_guidance,
+        out_dir=out,
     )
-    where = f"into {generator}" if generator else "into the model's folder and card"
+    where = f"into {out or generator}" if out or generator else "into the model's folder and card"
     print(f"wrote evaluation.json and {len(evaluation['figures'])} figures {where}")
     return 0
 
@@ -591,6 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true",
                    help="train the real-trained classifier anew instead of reusing the cached one "
                    "($THORAX_CACHE_DIR, else ~/.cache/thorax)")  # fmt: skip
+    p.add_argument("--out", metavar="DIR",
+                   help="write the results into DIR and leave the model's folder and card as they are "
+                   "(a trial)")  # fmt: skip
+    p.add_argument("--label-guidance", type=_label_guidance, metavar="W",
+                   help="judge the model at this guidance instead of its own, e.g. 1.5 or 16=2.5 "
+                   "(needs --out): a strength judged before it is exported")  # fmt: skip
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("configs", help="list the training configs")
