@@ -143,6 +143,32 @@ def test_label_guidance_per_place_is_checked_and_parsed() -> None:
     assert G.label_guidance == 1.0  # a refused setting leaves the generator as it was
 
 
+def test_modulations_from_16_px_leave_the_smaller_blocks_to_the_latent() -> None:
+    torch.manual_seed(0)
+    G = Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10, label_modulation_from=16).eval()
+    assert not hasattr(G, "mod4") and not G.blocks["8"].modulated and G.blocks["16"].modulated
+    _trained_modulation(G)
+    z, sick = torch.randn(2, LATENT), torch.zeros(2, LABELS)
+    sick[:, 3] = 1.0
+    seen: list[torch.Tensor] = []
+    hook = G.blocks["8"].register_forward_hook(lambda _m, _a, out: seen.append(out.detach().clone()))
+    G.label_guidance = {"16": 2.0}
+    before = G(z, sick)
+    with torch.no_grad():  # another label embedding: the 8 px features do not see it, the image does
+        for p in G.label_map.parameters():
+            p.normal_(0, 0.5)
+    after = G(z, sick)
+    hook.remove()
+    assert torch.equal(seen[0], seen[1]) and not torch.allclose(before, after)
+    with pytest.raises(ValueError, match="modulate the blocks from 16 px on only"):
+        G.label_guidance = {"8": 2.0}
+    raw = load_config("tiny").to_dict()
+    for side in (12, 2, 32):  # not a power of two; under 4; over the tiny config's 16 px
+        with pytest.raises(UserError, match="label_modulation_from must be a block side"):
+            config_from_dict({**raw, "label_modulation": 8, "label_modulation_from": side})
+    assert load_config("nih64-mod16").label_modulation_from == 16
+
+
 def test_projection_critic_adds_a_term_linear_in_the_labels() -> None:
     torch.manual_seed(0)
     D = Discriminator(16, LABELS, CHANNELS, projection=True)

@@ -54,6 +54,7 @@ class TrainConfig:
     diversity_weight: float = 0.0
     label_embedding: bool = False  # the generator maps the labels to latent_dim features (see networks.py)
     label_modulation: int = 0  # width of the label embedding that modulates every block; 0 = input only
+    label_modulation_from: int = 4  # the smallest block side it modulates (4: every block; 16: from 16 px on)
     projection: bool = False  # projection discriminator: the critic's score gets <W c, features>
     # The conditional terms (labels at the input, modulations, projection) are multiplied by a gain
     # that rises linearly from 0 to 1 between these two points (kimg); equal points = 1 throughout.
@@ -141,6 +142,12 @@ def _validate(cfg: TrainConfig, source: str) -> None:
         fail("gp_every must be >= 1")
     if cfg.label_modulation < 0:
         fail("label_modulation must be >= 0 (0 = off)")
+    side = cfg.label_modulation_from
+    if side < 4 or side & (side - 1) or side > cfg.resolution:
+        fail(
+            f"label_modulation_from must be a block side, a power of two from 4 to {cfg.resolution}, "
+            f"got {side}"
+        )
     if cfg.cond_ramp_end_kimg < cfg.cond_ramp_start_kimg or cfg.cond_ramp_start_kimg < 0:
         fail("the conditioning ramp needs 0 <= cond_ramp_start_kimg <= cond_ramp_end_kimg")
     if not 0.0 <= cfg.augment_p <= 1.0 or not 0.0 <= cfg.ada_p_max <= 1.0:

@@ -236,6 +236,9 @@ class Generator(nn.Module):
         label_modulation: width of a label embedding (a two-layer mapping of the label vector) that
                     scales and shifts the features after every convolution of every block, 4x4
                     included (conditional normalisation); 0 (the paper) conditions at the input only.
+        label_modulation_from: the smallest block side the modulations reach (4: every block); e.g. 16
+                    leaves the 4 and 8 px blocks, where the latent lays out the image, to the latent
+                    and the input labels.
         label_guidance: how far past a trained label's effect the network draws (1.0, as trained). At w,
                     the labels at the input are w * labels and the modulations' embedding is
                     e(0) + w * (e(labels) - e(0)), so an all-zero vector (no finding) draws as it was
@@ -259,6 +262,7 @@ class Generator(nn.Module):
         label_embedding: bool = False,
         label_modulation: int = 0,
         label_guidance: LabelGuidance = 1.0,
+        label_modulation_from: int = 4,
     ) -> None:
         super().__init__()
         self.resolution = resolution
@@ -266,6 +270,7 @@ class Generator(nn.Module):
         self.num_labels = num_labels
         self.label_embedding = label_embedding
         self.label_modulation = label_modulation
+        self.label_modulation_from = label_modulation_from
         self.cond_gain = 1.0
         self.max_level = level_of(resolution)
         c4 = channels[4]
@@ -276,7 +281,8 @@ class Generator(nn.Module):
                 EqualizedLinear(label_modulation, label_modulation),
                 nn.LeakyReLU(LRELU_SLOPE),
             )
-            self.mod4 = LabelModulation(label_modulation, c4)
+            if label_modulation_from <= 4:
+                self.mod4 = LabelModulation(label_modulation, c4)
         if label_embedding:
             self.embed = EqualizedLinear(num_labels, latent_dim, gain=1.0)
         label_width = latent_dim if label_embedding else num_labels
@@ -287,7 +293,8 @@ class Generator(nn.Module):
         self.to_rgb = nn.ModuleDict({"4": EqualizedConv2d(c4, 1, 1, gain=1.0)})
         for level in range(2, self.max_level + 1):
             res = resolution_of(level)
-            self.blocks[str(res)] = GeneratorBlock(channels[res // 2], channels[res], label_modulation)
+            embed = label_modulation if res >= label_modulation_from else 0
+            self.blocks[str(res)] = GeneratorBlock(channels[res // 2], channels[res], embed)
             self.to_rgb[str(res)] = EqualizedConv2d(channels[res], 1, 1, gain=1.0)
         self.label_guidance = label_guidance
 
@@ -304,6 +311,12 @@ class Generator(nn.Module):
                 raise ValueError(
                     f"label_guidance at block {blocks[0]}: this generator's labels enter at the input only "
                     f"(no label modulation); give a number or {GUIDANCE_INPUT}=W"
+                )
+            unmodulated = [k for k in blocks if int(k) < self.label_modulation_from]
+            if unmodulated:
+                raise ValueError(
+                    f"label_guidance at block {unmodulated[0]}: this generator's labels modulate the blocks "
+                    f"from {self.label_modulation_from} px on only"
                 )
             too_large = [k for k in blocks if int(k) > self.resolution]
             if too_large:
@@ -343,7 +356,7 @@ class Generator(nn.Module):
         x = self.dense(x).view(x.shape[0], -1, 4, 4)  # [N, C4, 4, 4]
         x = pixel_norm(lrelu(x))
         x = pixel_norm(lrelu(self.conv4(x)))  # [N, C4, 4, 4]
-        if self.label_modulation:
+        if self.label_modulation and self.label_modulation_from <= 4:
             x = self.mod4(x, embedding_at.get("4", embedding), gain)
         previous = x
         for lv in range(2, level + 1):

@@ -48,6 +48,7 @@ def make_generator(cfg: TrainConfig) -> Generator:
         cfg.channels,
         cfg.label_embedding,
         cfg.label_modulation,
+        label_modulation_from=cfg.label_modulation_from,
     )
 
 
