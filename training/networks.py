@@ -245,8 +245,8 @@ class Generator(nn.Module):
                     trained to, and each label's change from there is multiplied by w in the spaces
                     where it enters (guidance, as in classifier-free guidance, at sampling time only).
                     A mapping sets w per place ("input", or a block side such as "16"; the others 1),
-                    e.g. {"16": 2.5}: the labels' effect on the 16x16 block alone, where the heart's
-                    and the bases' shapes are drawn. Checked again when set later.
+                    e.g. {"16": 2.5} (`nih64/5`): the labels' effect on the 16x16 block alone.
+                    Checked again whenever it is set.
 
     `cond_gain` (a plain attribute, 1.0 outside training) scales every conditional term: the labels
     at the input and the modulations. The training loop ramps it from 0 to 1 so that the network
