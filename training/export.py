@@ -38,7 +38,7 @@ from training import serve_handler
 from training.checkpoint import generator_config, latest_checkpoint, load_generator, save_generator
 from training.config import config_from_dict
 from training.data import read_label_table
-from training.networks import Generator, LabelGuidance, checked_label_guidance, fold_equalized_lr
+from training.networks import Generator, LabelGuidance, fold_equalized_lr
 from training.sample import sample_grid
 from training.train import make_generator
 
@@ -524,11 +524,6 @@ def export_model(
     source's, 1.0 for a run) is baked into every file: the ONNX graph, the TorchServe archive's
     generator.json and the sample grid draw each label that much further from no finding
     (`Generator`'s docstring); the card records it."""
-    if label_guidance is not None:
-        try:
-            label_guidance = checked_label_guidance(label_guidance)
-        except ValueError as exc:
-            raise ExportError(str(exc)) from None
     store = store or store_root()
     if (
         not name.replace("-", "").replace("_", "").isalnum()
@@ -542,7 +537,7 @@ def export_model(
     if label_guidance is not None:
         try:
             G.label_guidance = label_guidance
-        except ValueError as exc:  # a block side this generator does not have
+        except ValueError as exc:  # checked by the setter: the value, and the places this generator has
             raise ExportError(str(exc)) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))

@@ -192,7 +192,8 @@ def guidance_weight(guidance: LabelGuidance, place: str) -> float:
 
 
 def is_guided(guidance: LabelGuidance) -> bool:
-    """Whether any place is drawn other than as trained."""
+    """Whether any place is drawn other than as trained. The twin of thoraxclient.model_card's
+    is_label_guided: this module travels alone in the TorchServe archive, without thoraxclient."""
     return any(v != 1.0 for v in guidance.values()) if isinstance(guidance, dict) else guidance != 1.0
 
 

@@ -58,8 +58,12 @@ class Architecture(_Strict):
         return describe_label_guidance(self.label_guidance)
 
     def is_guided(self) -> bool:
-        g = self.label_guidance
-        return any(v != 1.0 for v in g.values()) if isinstance(g, dict) else g != 1.0
+        return is_label_guided(self.label_guidance)
+
+
+def is_label_guided(guidance: float | dict[str, float]) -> bool:
+    """Whether a label guidance draws any place other than as trained."""
+    return any(v != 1.0 for v in guidance.values()) if isinstance(guidance, dict) else guidance != 1.0
 
 
 def describe_label_guidance(guidance: float | dict[str, float]) -> str:
