@@ -169,6 +169,51 @@ def test_modulations_from_16_px_leave_the_smaller_blocks_to_the_latent() -> None
     assert load_config("nih64-mod16").label_modulation_from == 16
 
 
+def test_label_variation_draws_the_embedding_with_the_latents_first_components(tmp_path) -> None:
+    from training.checkpoint import generator_config, load_generator, save_generator
+    from training.export import export_onnx, onnx_parity
+
+    torch.manual_seed(0)
+    G = Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10, label_variation=True).eval()
+    _trained_modulation(G)
+    sick = torch.zeros(4, LABELS)
+    sick[:, 2] = 1.0
+    z = torch.randn(4, LATENT)
+    moved = z.clone()
+    moved[:, 10:] = torch.randn(4, LATENT - 10)  # only the components past the embedding's width
+    e, e_moved = G.label_embedding_of(sick, z), G.label_embedding_of(sick, moved)
+    assert torch.equal(e, e_moved)  # sigma starts at 1: e = mu + z[:, :10]
+    assert torch.allclose(e, G.label_map(sick) + z[:, :10], atol=1e-6)
+    assert e[0].sub(e[1]).abs().max() > 0.1  # one label vector, two latents: two embeddings
+    mu = G.label_map(sick[:1])
+    assert torch.allclose(G.label_kl(sick), 0.5 * mu.square().mean(), atol=1e-6)  # KL at sigma 1
+    with torch.no_grad():  # a trained spread: sigma depends on the labels
+        G.label_log_sigma.weight.normal_(0, 0.3)
+    with torch.no_grad():
+        out = G(z, sick)
+        G.label_guidance = {"16": 2.0}  # guidance still leaves no finding exactly as trained
+        healthy = torch.zeros(4, LABELS)
+        guided_healthy = G(z, healthy)
+        G.label_guidance = 1.0
+        assert torch.equal(guided_healthy, G(z, healthy))
+        save_generator(tmp_path, G, generator_config(G, tuple(f"l{i}" for i in range(LABELS)), CHANNELS))
+        loaded, config = load_generator(tmp_path)
+        assert config["label_variation"] is True and torch.equal(loaded(z, sick), out)
+    export_onnx(loaded, tmp_path / "g.onnx")
+    assert onnx_parity(loaded, tmp_path / "g.onnx") < 1e-4
+    with pytest.raises(ValueError, match="label_variation draws the label embedding"):
+        Generator(16, LATENT, LABELS, CHANNELS, label_modulation=0, label_variation=True)
+    with pytest.raises(ValueError, match="label_variation draws the label embedding"):
+        Generator(16, LATENT, LABELS, CHANNELS, label_modulation=LATENT + 1, label_variation=True)
+    raw = load_config("tiny").to_dict()
+    with pytest.raises(UserError, match="label_variation needs label modulations"):
+        config_from_dict({**raw, "label_variation": True})
+    with pytest.raises(UserError, match="label_variation_kl must be >= 0"):
+        config_from_dict({**raw, "label_variation_kl": 0.1})
+    cfg = load_config("nih64-ca")
+    assert cfg.label_variation and cfg.label_variation_kl > 0 and not cfg.label_loss_fakes
+
+
 def test_projection_critic_adds_a_term_linear_in_the_labels() -> None:
     torch.manual_seed(0)
     D = Discriminator(16, LABELS, CHANNELS, projection=True)

@@ -250,3 +250,24 @@ def test_init_seed_changes_the_networks_but_not_the_split(tmp_path: Path, data_d
     assert len(same) == len(weights["default"])  # init_seed = seed is the default
     moved = [k for k in weights["default"] if not torch.equal(weights["default"][k], weights["other"][k])]
     assert any(k.startswith("G/") for k in moved) and any(k.startswith("D/") for k in moved)
+
+
+def test_a_run_with_label_variation_trains_its_spread_and_exports_it(tmp_path: Path, data_dir: Path) -> None:
+    raw = load_config("tiny").to_dict()
+    cfg = config_from_dict(
+        {
+            **raw,
+            "label_modulation": 8,
+            "label_variation": True,
+            "label_variation_kl": 0.1,
+            "diversity_weight": 0.2,
+        }
+    )
+    train(cfg, RunOptions(tmp_path, data_dir, limit_images=LIMIT, quiet=True, log_every_s=0))
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    kls = [r["label_kl"] for r in records if "label_kl" in r]
+    assert kls and all(math.isfinite(v) and v >= 0 for v in kls)
+    meta = json.loads((tmp_path / "generator" / "generator.json").read_text())
+    assert meta["label_variation"] is True and meta["training"]["complete"] is True
+    weights = load_file(tmp_path / "generator" / "generator.safetensors")
+    assert weights["label_log_sigma.weight"].abs().max() > 0  # zero at the start: trained

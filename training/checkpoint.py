@@ -148,6 +148,7 @@ def generator_config(
         "label_embedding": G.label_embedding,
         "label_modulation": G.label_modulation,
         "label_modulation_from": G.label_modulation_from,
+        "label_variation": G.label_variation,
         "label_guidance": G.label_guidance,
         "channels": {str(k): v for k, v in channels.items() if k <= G.resolution},
         "output": "one-channel image, about [-1, 1]; clamp, then (x + 1) * 127.5 gives 8-bit grey",
@@ -180,6 +181,7 @@ def load_generator(model_dir: Path) -> tuple[Generator, dict]:
         config.get("label_modulation", 0),
         config.get("label_guidance", 1.0),
         config.get("label_modulation_from", 4),
+        config.get("label_variation", False),
     )
     G.load_state_dict(load_safetensors(weights.read_bytes()), strict=True)
     return G.eval().requires_grad_(False), config

@@ -55,6 +55,11 @@ class TrainConfig:
     label_embedding: bool = False  # the generator maps the labels to latent_dim features (see networks.py)
     label_modulation: int = 0  # width of the label embedding that modulates every block; 0 = input only
     label_modulation_from: int = 4  # the smallest block side it modulates (4: every block; 16: from 16 px on)
+    # Conditioning augmentation (StackGAN): the modulations' embedding is mu(labels) + sigma(labels) *
+    # the latent's first label_modulation components, so one label vector draws a spread of looks;
+    # the generator's loss adds label_variation_kl * KL(N(mu, sigma^2) || N(0, 1)).
+    label_variation: bool = False
+    label_variation_kl: float = 0.0
     projection: bool = False  # projection discriminator: the critic's score gets <W c, features>
     # The conditional terms (labels at the input, modulations, projection) are multiplied by a gain
     # that rises linearly from 0 to 1 between these two points (kimg); equal points = 1 throughout.
@@ -148,6 +153,10 @@ def _validate(cfg: TrainConfig, source: str) -> None:
             f"label_modulation_from must be a block side, a power of two from 4 to {cfg.resolution}, "
             f"got {side}"
         )
+    if cfg.label_variation and not 0 < cfg.label_modulation <= cfg.latent_dim:
+        fail("label_variation needs label modulations (label_modulation > 0, at most latent_dim)")
+    if cfg.label_variation_kl < 0 or (cfg.label_variation_kl and not cfg.label_variation):
+        fail("label_variation_kl must be >= 0, and is used with label_variation = true only")
     if cfg.cond_ramp_end_kimg < cfg.cond_ramp_start_kimg or cfg.cond_ramp_start_kimg < 0:
         fail("the conditioning ramp needs 0 <= cond_ramp_start_kimg <= cond_ramp_end_kimg")
     if not 0.0 <= cfg.augment_p <= 1.0 or not 0.0 <= cfg.ada_p_max <= 1.0:

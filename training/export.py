@@ -324,7 +324,12 @@ def conditioning_summary(cfg) -> str:
         reach = "every block's features"
         if cfg.label_modulation_from > 4:
             reach = f"the features of every block from {cfg.label_modulation_from} px on"
-        parts.append(f"a {cfg.label_modulation}-d label embedding scales and shifts {reach}")
+        drawn = (
+            ", drawn around its mean with the latent (conditioning augmentation)"
+            if cfg.label_variation
+            else ""
+        )
+        parts.append(f"a {cfg.label_modulation}-d label embedding{drawn} scales and shifts {reach}")
     reals_only = "" if cfg.label_loss_fakes else ", trained on real images only"
     acgan = f"the ACGAN head (weight {cfg.label_weight:g}{reals_only})" if cfg.label_weight else ""
     if cfg.projection:

@@ -248,6 +248,10 @@ class Generator(nn.Module):
                     A mapping sets w per place ("input", or a block side such as "16"; the others 1),
                     e.g. {"16": 2.5} (`nih64/5`): the labels' effect on the 16x16 block alone.
                     Checked again whenever it is set.
+        label_variation: conditioning augmentation (Zhang et al. 2017, StackGAN): the modulations'
+                    embedding is drawn, not fixed, as mu(labels) + sigma(labels) * z[:label_modulation]
+                    (the latent's first components), so one label vector gives a spread of disease
+                    looks that varies with the latent; `label_kl` is its training regulariser.
 
     `cond_gain` (a plain attribute, 1.0 outside training) scales every conditional term: the labels
     at the input and the modulations. The training loop ramps it from 0 to 1 so that the network
@@ -264,14 +268,21 @@ class Generator(nn.Module):
         label_modulation: int = 0,
         label_guidance: LabelGuidance = 1.0,
         label_modulation_from: int = 4,
+        label_variation: bool = False,
     ) -> None:
         super().__init__()
+        if label_variation and not 0 < label_modulation <= latent_dim:
+            raise ValueError(
+                "label_variation draws the label embedding with the latent's first components: it needs "
+                f"0 < label_modulation <= latent_dim, got {label_modulation} and {latent_dim}"
+            )
         self.resolution = resolution
         self.latent_dim = latent_dim
         self.num_labels = num_labels
         self.label_embedding = label_embedding
         self.label_modulation = label_modulation
         self.label_modulation_from = label_modulation_from
+        self.label_variation = label_variation
         self.cond_gain = 1.0
         self.max_level = level_of(resolution)
         c4 = channels[4]
@@ -282,6 +293,10 @@ class Generator(nn.Module):
                 EqualizedLinear(label_modulation, label_modulation),
                 nn.LeakyReLU(LRELU_SLOPE),
             )
+            if label_variation:  # log sigma of the embedding, from the same features as mu; starts at 0
+                self.label_log_sigma = EqualizedLinear(label_modulation, label_modulation, gain=1.0)
+                with torch.no_grad():
+                    self.label_log_sigma.weight.zero_()
             if label_modulation_from <= 4:
                 self.mod4 = LabelModulation(label_modulation, c4)
         if label_embedding:
@@ -327,6 +342,22 @@ class Generator(nn.Module):
                 )
         self._label_guidance = w
 
+    def label_embedding_of(self, labels: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The modulations' embedding [N, E]: the label mapping's output, or with `label_variation` that
+        output plus sigma(labels) times the latent's first E components."""
+        mu = self.label_map(labels)
+        if not self.label_variation:
+            return mu
+        return mu + torch.exp(self.label_log_sigma(mu)) * z[:, : self.label_modulation].to(mu.dtype)
+
+    def label_kl(self, labels: torch.Tensor) -> torch.Tensor:
+        """KL(N(mu, sigma^2) || N(0, 1)) of `label_variation`'s embedding, per component, batch mean:
+        StackGAN's regulariser, which keeps sigma from shrinking to a fixed look per label."""
+        mu = self.label_map(labels)
+        log_sigma = self.label_log_sigma(mu).float()
+        mu = mu.float()
+        return 0.5 * (mu.square() + torch.exp(2 * log_sigma) - 1.0 - 2 * log_sigma).mean()
+
     def forward(
         self, z: torch.Tensor, labels: torch.Tensor, level: int | None = None, alpha: float = 1.0
     ) -> torch.Tensor:
@@ -335,11 +366,13 @@ class Generator(nn.Module):
         assert z.shape[1] == self.latent_dim and labels.shape[1] == self.num_labels, (z.shape, labels.shape)
         labels = labels.to(z.dtype)
         gain = self.cond_gain
-        embedding = self.label_map(labels) if self.label_modulation else None  # [N, E]
+        embedding = self.label_embedding_of(labels, z) if self.label_modulation else None  # [N, E]
         guidance = self.label_guidance
         embedding_at: dict[str, torch.Tensor | None] = {}  # block side -> that block's embedding
         if is_guided(guidance) and embedding is not None:
-            base = self.label_map(torch.zeros_like(labels))  # [N, E]: no finding's (same shape, so
+            base = self.label_embedding_of(
+                torch.zeros_like(labels), z
+            )  # [N, E]: no finding's (same shape, so
             # the same kernels: an all-zero row's embedding is then exactly its trained one)
             guided: dict[float, torch.Tensor] = {}  # one embedding per strength
             for lv in range(1, self.max_level + 1):

@@ -60,6 +60,7 @@ class GeneratorHandler:
             self.config.get("label_modulation", 0),
             self.config.get("label_guidance", 1.0),
             self.config.get("label_modulation_from", 4),
+            self.config.get("label_variation", False),
         )
         G.load_state_dict(load_file(model_dir / "generator.safetensors"), strict=True)
         self.G = G.eval().requires_grad_(False)

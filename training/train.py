@@ -49,6 +49,7 @@ def make_generator(cfg: TrainConfig) -> Generator:
         cfg.label_embedding,
         cfg.label_modulation,
         label_modulation_from=cfg.label_modulation_from,
+        label_variation=cfg.label_variation,
     )
 
 
@@ -343,6 +344,10 @@ class Trainer:
         if cfg.diversity_weight:
             diversity = mode_seeking_loss(fakes, z)
             g["total"] = g["total"] + cfg.diversity_weight * diversity
+        label_kl = torch.zeros(())
+        if cfg.label_variation_kl:
+            label_kl = self.G.label_kl(fake_labels)
+            g["total"] = g["total"] + cfg.label_variation_kl * label_kl
         self.opt_G.zero_grad(set_to_none=True)
         g["total"].backward()
         self.opt_G.step()
@@ -358,6 +363,7 @@ class Trainer:
             "loss_G": g["total"].item(),
             "label_G": g["label"].item(),
             "diversity": diversity.item(),
+            "label_kl": label_kl.item(),
             "augment_p": self.ada.p,
             "rt": self.ada.rt,
             "cond_gain": gain,
@@ -487,12 +493,13 @@ class Trainer:
                     rate = (self.images_shown - window_img) / max(now - window_start, 1e-9)
                     phase_left, run_left = self._eta(phase, rate)
                     alpha = alpha_at(phase, self.images_shown)
+                    kl = f" kl {stats['label_kl']:.3f}" if cfg.label_variation_kl else ""
                     self._log(
                         f"{phase.resolution:4d}px {phase.kind:6s} a={alpha:.2f} "
                         f"kimg {self.images_shown / 1000:7.1f}/{cfg.total_kimg:g}  "
                         f"D {stats['loss_D']:+.3f} (W {stats['wasserstein']:+.3f} gp {stats['gp']:.3f} "
                         f"lab {stats['label_D']:.3f})  G {stats['loss_G']:+.3f} "
-                        f"(ms {stats['diversity']:.2f})  "
+                        f"(ms {stats['diversity']:.2f}{kl})  "
                         f"aug {stats['augment_p']:.2f} rt {stats['rt']:+.2f} cond {stats['cond_gain']:.2f}  "
                         f"{rate:6.1f} img/s  "
                         f"phase left {_fmt_duration(phase_left)}  run left {_fmt_duration(run_left)}",
