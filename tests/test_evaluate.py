@@ -219,6 +219,28 @@ def test_the_collapse_detector_gives_zero_when_the_latent_is_ignored_and_one_for
         entry = alike["labels"][name]
         assert entry["real_images"] >= 30 and 0.75 <= entry["ratio"] <= 1.25, (name, entry)
 
+    # the yardstick: real images with the label alone, the generated side's label vector
+    alone = positive[:, 2] & (positive.sum(1) == 1)
+    effusion = spread["labels"]["Effusion"]
+    assert effusion["alone_images"] == int(alone.sum()) >= 10
+    assert alike["labels"]["Effusion"]["real_alone_ratio"] == round(
+        effusion["alone_distance"] / effusion["distance"], 4
+    )
+    assert alike["labels"][NO_FINDING]["real_alone_ratio"] == 1.0  # no finding is alone by definition
+
+    def alone_copier(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # real images, label alone
+        picked = []
+        for latent, vector in zip(z, labels, strict=True):
+            wanted = (
+                positive[:, vector.argmax()] & (positive.sum(1) == 1) if vector.sum() else ~positive.any(1)
+            )
+            rows = torch.nonzero(wanted)[:, 0]
+            picked.append(reals[rows[int(latent[0].abs() * 1e6) % len(rows)]])
+        return torch.stack(picked)
+
+    lone = collapse(alone_copier, 8, names, _Pixels(), 16, spread, opts)["labels"]["Effusion"]
+    assert abs(lone["ratio"] - lone["real_alone_ratio"]) <= 0.2, lone
+
 
 def test_the_real_trained_classifier_is_cached_and_reused(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

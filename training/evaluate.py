@@ -27,7 +27,8 @@
   generated images that differ only in latent, their mean pairwise distance in the real-trained
   classifier's feature space, over the same among the real images with that label (training and
   test split of the cohort). Near 0: the label replaced the latent (collapse by conditioning); near 1:
-  as varied as real images with that label.
+  as varied as real images with that label. Beside it, the same ratio for the real images with that
+  label alone (the generated side's label vector): the yardstick for reading the goal.
 - **Pictures**: transitions (one latent, one label 0 -> 0.3 -> 0.6 -> 1.0, every label; Figure 5) as
   PNG and GIF, difference maps (Figure 6), and a Cardiomegaly x Effusion grid (Figure S1).
 
@@ -529,16 +530,21 @@ def real_spread(
 ) -> dict:
     """The real side of the collapse detector: for no finding and each label, the mean pairwise distance
     in the classifier's feature space among the real images with it (None below two images), their
-    number, and the number of training images with it."""
+    number, and the number of training images with it; and the same distance among the real images
+    with that label alone (no other label), the label vector the generated side is drawn with."""
     features = clf.features(model, real_images)  # [N, D]
     real_targets, train_targets = real_labels.numpy(), train_labels.numpy()
+    alone_rows = (real_targets >= 0.5).sum(axis=1) <= 1  # no finding, or one label only
     out = {}
     for index, name in enumerate([NO_FINDING, *names]):
         mask = _label_rows(real_targets, index - 1)
+        alone = mask & alone_rows
         out[name] = {
             "distance": mean_pairwise_distance(features[mask]) if mask.sum() >= 2 else None,
             "real_images": int(mask.sum()),
             "train_images": int(_label_rows(train_targets, index - 1).sum()),
+            "alone_distance": mean_pairwise_distance(features[alone]) if alone.sum() >= 2 else None,
+            "alone_images": int(alone.sum()),
         }
     return {"images": len(real_images), "feature_dim": int(features.shape[1]), "labels": out}
 
@@ -555,7 +561,9 @@ def collapse(
 
     A ratio near 0: the label fixed the image whatever the latent (collapse by conditioning); near 1:
     as varied as real images with the label. The real images of a label may carry other labels too,
-    the generated ones carry that label alone. Labels with fewer than two real images get no ratio."""
+    the generated ones carry that label alone; `real_alone_ratio` is the same ratio for the real images
+    with that label alone (what real radiographs drawn with the generated side's label vector score),
+    the yardstick for reading the goal. Labels with fewer than two real images get no ratio."""
     k = opts.collapse_latents
     vectors = torch.cat([torch.zeros(1, len(names)), torch.eye(len(names))])  # [L + 1, L]
     z = torch.from_numpy(latents_for(stream_seed(opts.seed, STREAM_COLLAPSE), range(k), latent_dim))
@@ -572,12 +580,17 @@ def collapse(
         generated = mean_pairwise_distance(group)
         spread = real["labels"][name]
         ratio = generated / spread["distance"] if spread["distance"] else None
+        alone = spread.get("alone_distance")
         out[name] = {
             "ratio": None if ratio is None else round(ratio, 4),
             "generated_distance": round(generated, 4),
             "real_distance": None if spread["distance"] is None else round(spread["distance"], 4),
             "real_images": spread["real_images"],
             "train_images": spread["train_images"],
+            "real_alone_ratio": round(alone / spread["distance"], 4)
+            if alone and spread["distance"]
+            else None,
+            "real_alone_images": spread.get("alone_images"),
         }
     judged = {n: v["ratio"] for n, v in out.items() if v["train_images"] >= COLLAPSE_MIN_TRAIN}
     judged = {n: r for n, r in judged.items() if r is not None}
@@ -590,6 +603,9 @@ def collapse(
         "labels_judged": list(judged),
         "min_ratio": round(min(judged.values()), 4) if judged else None,
         "labels_below_goal": [n for n, r in judged.items() if r < COLLAPSE_GOAL],
+        "real_alone_below_goal": [
+            n for n in judged if (r := out[n]["real_alone_ratio"]) is not None and r < COLLAPSE_GOAL
+        ],
     }
 
 
@@ -1022,7 +1038,7 @@ def cohort_spread(data: CohortData, model: torch.nn.Module, px: int, cache_file:
         labels = torch.cat([train.labels, test.labels])
         return real_spread(list(data.label_names), model, reals, labels, train.labels)
 
-    return _beside_classifier(cache_file, "collapse_real_spread", compute)
+    return _beside_classifier(cache_file, "collapse_real_spread_2", compute)  # _2: with the alone spread
 
 
 def cohort_score_gap(data: CohortData, model: torch.nn.Module, px: int, cache_file: str | None) -> dict:
@@ -1149,8 +1165,17 @@ def _print_collapse(found: dict, progress: Callable[[str], None]) -> None:
         f"collapse: min diversity ratio {found['min_ratio']} over {len(found['labels_judged'])} labels "
         f"with >= {COLLAPSE_MIN_TRAIN} training images; below {COLLAPSE_GOAL}: {below}"
     )
+    below_alone = ", ".join(found.get("real_alone_below_goal", [])) or "none"
+    progress(
+        f"  (real images with the label alone against all real images with it: below {COLLAPSE_GOAL}: "
+        f"{below_alone}; their ratio on the right)"
+    )
     for name, v in found["labels"].items():
-        progress(f"  {name:20s} ratio {v['ratio']}  (real {v['real_images']}, training {v['train_images']})")
+        alone = v.get("real_alone_ratio")
+        progress(
+            f"  {name:20s} ratio {v['ratio']}  (real {v['real_images']}, training {v['train_images']})"
+            + (f"   real alone {alone} ({v['real_alone_images']} images)" if alone is not None else "")
+        )
 
 
 def evaluate_model(
