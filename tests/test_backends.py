@@ -96,7 +96,8 @@ def test_openvino_bf16_agrees_within_one_grey_level_on_99_percent_of_pixels(refe
     assert within >= 0.99 and worst <= 8, (worst, within)
 
 
-@pytest.mark.parametrize("ref", ["cxr64/2", "nih64/1"])  # nih64: the labels feed every block too
+@pytest.mark.parametrize("ref", ["cxr64/2", "nih64/1", "nih64/6"])  # nih64: the labels feed every block
+# too; nih64/6: and the latent draws their embedding (label_variation), so both halves read z
 def test_the_split_graph_run_in_fp32_gives_the_onnxruntime_images(ref: str) -> None:
     """The bf16 backend runs the generator as two graphs, cut at 16 px; run both halves in fp32 here
     (any CPU), chained, and they must give the one graph's images."""
@@ -115,14 +116,17 @@ def test_the_split_graph_run_in_fp32_gives_the_onnxruntime_images(ref: str) -> N
     tail_inputs = {i.get_any_name(): inputs.get(i.get_any_name(), features) for i in tail.inputs}
     if ref == "nih64/1":
         assert set(tail_inputs) == {"features", "labels"}
+    if ref == "nih64/6":
+        assert set(tail_inputs) == {"features", "labels", "z"}
     images = backends.to_grey(tail(tail_inputs)[0])
     reference = open_backend(model, Settings(), "onnxruntime", "fp32").generate(5, list(range(8)), labels)
     assert within_one(images, reference)[0] <= 1
 
 
 @needs_bf16
-def test_openvino_bf16_serves_a_generator_with_labels_in_every_block() -> None:
-    model = open_model("nih64/1", REPO_STORE)
+@pytest.mark.parametrize("ref", ["nih64/1", "nih64/6"])
+def test_openvino_bf16_serves_a_generator_with_labels_in_every_block(ref: str) -> None:
+    model = open_model(ref, REPO_STORE)
     backend = open_backend(model, Settings(), "openvino", "bf16")
     reference = grey(open_backend(model, Settings(), "onnxruntime", "fp32"))
     worst, within = within_one(grey(backend), reference)

@@ -325,7 +325,7 @@ def conditioning_summary(cfg) -> str:
         if cfg.label_modulation_from > 4:
             reach = f"the features of every block from {cfg.label_modulation_from} px on"
         drawn = (
-            ", drawn around its mean with the latent (conditioning augmentation)"
+            ", drawn around its mean with the latent (conditioning augmentation),"
             if cfg.label_variation
             else ""
         )
