@@ -171,17 +171,6 @@ def load_generator(model_dir: Path) -> tuple[Generator, dict]:
             f"{model_dir}: not a generator folder (needs {GENERATOR_WEIGHTS} and {GENERATOR_CONFIG})"
         )
     config = json.loads(config_path.read_text())
-    channels = {int(k): v for k, v in config["channels"].items()}
-    G = Generator(
-        config["resolution"],
-        config["latent_dim"],
-        len(config["label_names"]),
-        channels,
-        config.get("label_embedding", False),
-        config.get("label_modulation", 0),
-        config.get("label_guidance", 1.0),
-        config.get("label_modulation_from", 4),
-        config.get("label_variation", False),
-    )
+    G = Generator.from_config(config)
     G.load_state_dict(load_safetensors(weights.read_bytes()), strict=True)
     return G.eval().requires_grad_(False), config

@@ -580,7 +580,7 @@ def collapse(
         generated = mean_pairwise_distance(group)
         spread = real["labels"][name]
         ratio = generated / spread["distance"] if spread["distance"] else None
-        alone = spread.get("alone_distance")
+        alone = spread["alone_distance"]
         out[name] = {
             "ratio": None if ratio is None else round(ratio, 4),
             "generated_distance": round(generated, 4),
@@ -590,7 +590,7 @@ def collapse(
             "real_alone_ratio": round(alone / spread["distance"], 4)
             if alone and spread["distance"]
             else None,
-            "real_alone_images": spread.get("alone_images"),
+            "real_alone_images": spread["alone_images"],
         }
     judged = {n: v["ratio"] for n, v in out.items() if v["train_images"] >= COLLAPSE_MIN_TRAIN}
     judged = {n: r for n, r in judged.items() if r is not None}
@@ -1165,13 +1165,13 @@ def _print_collapse(found: dict, progress: Callable[[str], None]) -> None:
         f"collapse: min diversity ratio {found['min_ratio']} over {len(found['labels_judged'])} labels "
         f"with >= {COLLAPSE_MIN_TRAIN} training images; below {COLLAPSE_GOAL}: {below}"
     )
-    below_alone = ", ".join(found.get("real_alone_below_goal", [])) or "none"
+    below_alone = ", ".join(found["real_alone_below_goal"]) or "none"
     progress(
         f"  (real images with the label alone against all real images with it: below {COLLAPSE_GOAL}: "
         f"{below_alone}; their ratio on the right)"
     )
     for name, v in found["labels"].items():
-        alone = v.get("real_alone_ratio")
+        alone = v["real_alone_ratio"]
         progress(
             f"  {name:20s} ratio {v['ratio']}  (real {v['real_images']}, training {v['train_images']})"
             + (f"   real alone {alone} ({v['real_alone_images']} images)" if alone is not None else "")

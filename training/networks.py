@@ -342,6 +342,23 @@ class Generator(nn.Module):
                 )
         self._label_guidance = w
 
+    @classmethod
+    def from_config(cls, config: dict) -> Generator:
+        """The generator a `generator.json` describes (random weights; load its safetensors next). The
+        one reader of that file's network settings, for `training.checkpoint` and the TorchServe
+        handler alike (this module travels alone in the archive)."""
+        return cls(
+            config["resolution"],
+            config["latent_dim"],
+            len(config["label_names"]),
+            {int(k): v for k, v in config["channels"].items()},
+            label_embedding=config.get("label_embedding", False),
+            label_modulation=config.get("label_modulation", 0),
+            label_guidance=config.get("label_guidance", 1.0),
+            label_modulation_from=config.get("label_modulation_from", 4),
+            label_variation=config.get("label_variation", False),
+        )
+
     def label_embedding_of(self, labels: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The modulations' embedding [N, E]: the label mapping's output, or with `label_variation` that
         output plus sigma(labels) times the latent's first E components."""
@@ -370,10 +387,9 @@ class Generator(nn.Module):
         guidance = self.label_guidance
         embedding_at: dict[str, torch.Tensor | None] = {}  # block side -> that block's embedding
         if is_guided(guidance) and embedding is not None:
-            base = self.label_embedding_of(
-                torch.zeros_like(labels), z
-            )  # [N, E]: no finding's (same shape, so
-            # the same kernels: an all-zero row's embedding is then exactly its trained one)
+            # no finding's embedding [N, E], at the same shape, so the same kernels: an all-zero row's
+            # embedding is then exactly its trained one
+            base = self.label_embedding_of(torch.zeros_like(labels), z)
             guided: dict[float, torch.Tensor] = {}  # one embedding per strength
             for lv in range(1, self.max_level + 1):
                 w = guidance_weight(guidance, str(resolution_of(lv)))

@@ -50,18 +50,7 @@ class GeneratorHandler:
 
     def load(self, model_dir: Path) -> None:
         self.config = json.loads((model_dir / "generator.json").read_text())
-        channels = {int(k): v for k, v in self.config["channels"].items()}
-        G = Generator(
-            self.config["resolution"],
-            self.config["latent_dim"],
-            len(self.config["label_names"]),
-            channels,
-            self.config.get("label_embedding", False),
-            self.config.get("label_modulation", 0),
-            self.config.get("label_guidance", 1.0),
-            self.config.get("label_modulation_from", 4),
-            self.config.get("label_variation", False),
-        )
+        G = Generator.from_config(self.config)
         G.load_state_dict(load_file(model_dir / "generator.safetensors"), strict=True)
         self.G = G.eval().requires_grad_(False)
         if threads := os.environ.get("THORAX_TORCH_THREADS"):
