@@ -4,12 +4,13 @@ each shard and `service.work.write_manifest` at the end; they differ only in whe
 
 The Dask executor submits every shard of a job as one task whose key is derived from (job id, shard
 index), and a final task that writes the manifest from the shards' entries, with `fire_and_forget`:
-the scheduler keeps the job going when the gateway that submitted it dies. Any gateway may submit the
-same keys again (at its start, or when it finds a job the scheduler has lost): the scheduler answers a
-known key with the task it has, so nothing runs twice. A task that fails is retried (`retries`), and a
-lost worker's tasks are rescheduled on the others; since a shard is a pure function of (model, spec,
-index), either is harmless. Workers open storage and the model store from their own THORAX_ settings,
-which must be the gateway's.
+the scheduler keeps the job going when the gateway that submitted it dies. A gateway submits a job's keys
+again only when the scheduler does not hold its manifest task and storage has no manifest (a job it finds
+unfinished at its start, or one the scheduler has lost); two replicas doing so at once is harmless, since
+the scheduler answers a known key with the task it has, so nothing runs twice. A task that fails is
+retried (`retries`), and a lost worker's tasks are rescheduled on the others; since a shard is a pure
+function of (model, spec, index), either is harmless. Workers open storage and the model store from their
+own THORAX_ settings, which must be the gateway's.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class LocalExecutor:
         self.queue.put(job)
 
     resume = run
+    adopt = run  # a job found unfinished in storage at start: only this gateway runs it
 
     def cancel(self, job: Job) -> None:
         job.cancel.set()
@@ -285,6 +287,20 @@ class DaskExecutor:
             run_manifest, job.paths, *shards, key=manifest_key(job.id), retries=TASK_RETRIES, pure=False
         )
         fire_and_forget(final)  # the job goes on if this gateway dies; our futures may go
+
+    def adopt(self, job: Job) -> None:
+        """A job this gateway found unfinished in storage at its start: submitted unless the scheduler
+        still runs it or it has finished since the scan looked. The scheduler is asked first, as in
+        `refresh`: it forgets a job's tasks once the manifest task is done, and that task writes the
+        manifest before it ends, so no task and no manifest means nobody is running the job. Submitting
+        its keys after the job ended would run every task again (each only reads its shard back, but
+        the work is done twice); SchedulerUnavailable goes to the caller, which retries."""
+        states = task_states(self.client(), job_keys(job.id, job.spec.shards_total))
+        if manifest_key(job.id) in states:
+            return  # held to its end by fire_and_forget; `refresh` follows it
+        if any(self.storage.size(job.paths.key(name)) is not None for name in (CANCELLED, MANIFEST)):
+            return  # ended since the scan; the next `refresh` reads how
+        self.run(job)
 
     def resume(self, job: Job) -> None:
         """A failed job again: the scheduler's failed tasks go first (it would answer their keys with the

@@ -179,7 +179,7 @@ class JobManager:
                     self.scan_failure = None
                     self.scanned.set()
                 while unsubmitted:  # at most once per job: the scheduler dedupes what replicas resubmit
-                    self.executor.run(unsubmitted[0])
+                    self.executor.adopt(unsubmitted[0])
                     unsubmitted.pop(0)
                 return
             except SchedulerUnavailable as exc:

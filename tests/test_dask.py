@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -66,6 +66,27 @@ class Cluster:
         self.gateway_procs = [proc for _, proc, _ in started]
         self.gateway_stacks += [stack for _, _, stack in started]
         return self.gateways
+
+    @contextmanager
+    def paused_workers(self):
+        """The live workers SIGSTOPped, so that no task of a job moves on, and SIGCONTinued after (a few
+        seconds are far inside the scheduler's worker time-to-live)."""
+        live = [proc for proc in self.workers.values() if proc.poll() is None]
+        for proc in live:
+            os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for proc in live:
+                os.kill(proc.pid, signal.SIGCONT)
+
+    def first_shard(self, job: dict) -> None:
+        """Wait for the job's first shard in storage (looked for often: the job takes a few seconds)."""
+        folder = folder_of(job)
+        deadline = time.monotonic() + 120
+        while not any(name.startswith("shard-") for name in self.names(folder)):
+            assert time.monotonic() < deadline, "no shard of the job after 120s"
+            time.sleep(0.02)
 
     def kill_gateways(self) -> None:
         for proc in self.gateway_procs:
@@ -211,9 +232,10 @@ def test_a_worker_killed_mid_job_leaves_exactly_count_images(cluster: Cluster) -
 def test_both_gateways_killed_mid_job_and_restarted_finish_it_as_one_local_gateway_would(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both gateways SIGKILLed mid-job and started again together: the job completes, no shard is made
-    twice although both replicas resubmit it, and its manifest has the bytes that a single gateway with
-    the local executor writes for the same job spec."""
+    """Both gateways SIGKILLed mid-job and started again together while the job is still unfinished (its
+    workers are paused from its first shard until the new gateways answer): the job completes, no shard
+    is made twice, and its manifest has the bytes that a single gateway with the local executor writes
+    for the same job spec."""
     from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -221,10 +243,15 @@ def test_both_gateways_killed_mid_job_and_restarted_finish_it_as_one_local_gatew
 
     since = time.time()
     job = submit(cluster.gateways[0], {**JOB, "seed": 13, "labels": {"Effusion": 1}})
-    wait_until(lambda: status(cluster.gateways[1], job["id"])["shards_done"] >= 1, 120, "a committed shard")
-    assert status(cluster.gateways[0], job["id"])["state"] == "running", "finished too soon; make it larger"
-    cluster.kill_gateways()
-    a, b = cluster.start_gateways()
+    cluster.first_shard(job)
+    with cluster.paused_workers():
+        before = status(cluster.gateways[0], job["id"])
+        assert before["state"] == "running" and before["shards_done"] < before["shards_total"], before
+        cluster.kill_gateways()
+        a, b = cluster.start_gateways()
+        for url in (a, b):  # both have read the job from storage: unfinished, since no worker moved
+            found = status(url, job["id"])
+            assert found["state"] in ("queued", "running") and found["shards_done"] < JOB["count"], found
     final = wait_for_job(lambda: status(a, job["id"]), 300)
     assert final["state"] == "succeeded" and final["images_done"] == JOB["count"], final
     stored = httpx.get(f"{b}/v1/jobs/{job['id']}/manifest", timeout=30).content
@@ -241,6 +268,46 @@ def test_both_gateways_killed_mid_job_and_restarted_finish_it_as_one_local_gatew
     with TestClient(create_app(Settings(storage_dir=local, batch_size=8))) as client:  # resumes it at start
         wait_for_job(lambda: client.get(f"/v1/jobs/{job['id']}").json(), 120)
     assert (local / folder / "manifest.json").read_bytes() == stored
+
+
+def test_a_job_that_ends_between_a_gateways_scan_and_its_submission_is_not_run_again(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A starting gateway reads an unfinished job from storage; the job ends (the scheduler forgets its
+    tasks) before the gateway submits it. Adopting it then submits nothing: every shard ran once."""
+    from service.catalog import Catalog
+    from service.executors import job_keys, task_states
+    from service.jobs import JobManager
+    from service.metrics import Metrics
+    from service.settings import Settings
+    from service.storage import open_storage
+
+    for name, value in cluster.env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    storage = open_storage(settings)
+    manager = JobManager(settings, storage, Catalog(settings), Metrics())
+    since = time.time()
+    job = submit(cluster.gateways[0], {**JOB, "seed": 19})
+    cluster.first_shard(job)
+    with cluster.paused_workers():
+        found = [j for j in manager._load_jobs() if j.id == job["id"]]  # the scan: unfinished
+    assert len(found) == 1
+    keys = job_keys(job["id"], found[0].spec.shards_total)
+    final = wait_for_job(lambda: status(cluster.gateways[1], job["id"]), 300)
+    assert final["state"] == "succeeded", final
+    wait_until(lambda: not task_states(cluster.client, keys), 60, "the scheduler to forget the job's tasks")
+    executor = manager.executor
+    try:
+        executor.adopt(found[0])
+        # Anything adopt submitted went before this marker on the same connection.
+        assert executor.client().submit(len, "marker", pure=False).result(timeout=60) == 6
+        assert task_states(cluster.client, keys) == {}
+    finally:
+        executor.stop()
+    runs = cluster.shard_records(job["id"], since)
+    assert len(runs) == JOB["count"] // JOB["shard_size"]
+    assert all(len(workers) == 1 for workers in runs.values()), runs
 
 
 def test_a_cancel_through_b_stops_the_work_a_submitted(cluster: Cluster) -> None:
