@@ -293,8 +293,8 @@ class DaskExecutor:
         still runs it or it has finished since the scan looked. The scheduler is asked first, as in
         `refresh`: it forgets a job's tasks once the manifest task is done, and that task writes the
         manifest before it ends, so no task and no manifest means nobody is running the job. Submitting
-        its keys after the job ended would run every task again (each only reads its shard back, but
-        the work is done twice); SchedulerUnavailable goes to the caller, which retries."""
+        its keys after the job ended would run every task again (each would only read its shard back,
+        but each would run twice); SchedulerUnavailable goes to the caller, which retries."""
         states = task_states(self.client(), job_keys(job.id, job.spec.shards_total))
         if manifest_key(job.id) in states:
             return  # held to its end by fire_and_forget; `refresh` follows it
