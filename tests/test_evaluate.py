@@ -60,6 +60,34 @@ def test_ssim_is_one_for_the_same_image_and_lower_for_others(splits) -> None:
     assert (noise < 0.3).all()
 
 
+def test_ssim_blur_is_the_gaussian_window_slid_over_valid_positions(splits) -> None:
+    """The banded-matrix blur against conv2d with the 11-tap window, and SSIM of real images against
+    a direct computation of the formula with that conv2d (the memorisation check's numbers)."""
+    from training.evaluate import C1, C2, SSIM_SIGMA, SSIM_WINDOW, _blur
+
+    x = torch.arange(SSIM_WINDOW, dtype=torch.float32) - SSIM_WINDOW // 2
+    g = torch.exp(-(x**2) / (2 * SSIM_SIGMA**2))
+    g = (g / g.sum()).view(1, 1, 1, -1)
+
+    def conv_blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(t, g), g.transpose(-1, -2))
+
+    train, _ = splits
+    refs = train.images_at(32)[:12]
+    assert _blur(refs).shape == (12, 1, 22, 22)
+    assert torch.allclose(_blur(refs), conv_blur(refs), atol=1e-6)
+    image = refs[5:6]
+    mu_x, mu = conv_blur(image), conv_blur(refs)
+    var_x, var = conv_blur(image**2) - mu_x**2, conv_blur(refs**2) - mu**2
+    cov = conv_blur(refs * image) - mu * mu_x
+    luminance = (2 * mu * mu_x + C1) / (mu**2 + mu_x**2 + C1)
+    direct = (luminance * (2 * cov + C2) / (var + var_x + C2)).mean((1, 2, 3))
+    structure = ((2 * cov + C2) / (var + var_x + C2)).mean((1, 2, 3))
+    index = SsimIndex(refs)
+    assert torch.allclose(index.ssim(image[0], chunk=5), direct, atol=1e-5)
+    assert torch.allclose(index.ssim(image[0], structure_only=True), structure, atol=1e-5)
+
+
 def test_a_generator_that_returns_training_images_is_flagged(splits) -> None:
     train, heldout = splits
     reals = train.images_at(32)

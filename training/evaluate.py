@@ -144,13 +144,33 @@ class EvalOptions:
 def _window(device: torch.device) -> torch.Tensor:
     x = torch.arange(SSIM_WINDOW, dtype=torch.float32, device=device) - SSIM_WINDOW // 2
     g = torch.exp(-(x**2) / (2 * SSIM_SIGMA**2))
-    return (g / g.sum()).view(1, 1, 1, -1)  # [1, 1, 1, W]
+    return g / g.sum()  # [W]
+
+
+_BANDS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _band(n: int, device: torch.device) -> torch.Tensor:
+    """The Gaussian window as a banded [n - W + 1, n] matrix: row i holds it at columns i..i+W-1, so
+    that band @ column is the window slid along the column, valid positions only."""
+    key = (n, str(device))
+    if key not in _BANDS:
+        w = _window(device)
+        rows = n - SSIM_WINDOW + 1
+        band = torch.zeros(rows, n, device=device)
+        for i in range(rows):
+            band[i, i : i + SSIM_WINDOW] = w
+        _BANDS[key] = band
+    return _BANDS[key]
 
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian over [N, 1, H, W], valid region only (as in the reference SSIM)."""
-    w = _window(x.device)
-    return F.conv2d(F.conv2d(x, w), w.transpose(-1, -2))
+    """Separable Gaussian over [N, 1, H, W], valid region only (as in the reference SSIM), as two
+    matrix products with banded matrices. conv2d with the 11-tap window gave the same values to 3e-7
+    but fell off a cliff on this CPU as the images grew: 146 ms for 128 images of 128 px, against
+    15 ms this way (7 and 2 ms at 64 px); it made the memorisation check of a 128 px model take
+    over half an hour."""
+    return _band(x.shape[-2], x.device) @ x @ _band(x.shape[-1], x.device).T
 
 
 class SsimIndex:
@@ -160,23 +180,30 @@ class SsimIndex:
         self.refs = refs.float()  # [N, 1, H, W] in [-1, 1]
         self.mu = _blur(self.refs)
         self.var = _blur(self.refs**2) - self.mu**2
+        self.mu_sq = self.mu**2
 
-    def ssim(self, image: torch.Tensor, chunk: int = 128, structure_only: bool = False) -> torch.Tensor:
+    def ssim(self, image: torch.Tensor, chunk: int = 64, structure_only: bool = False) -> torch.Tensor:
         """Mean SSIM of one image [1, H, W] against every reference: [N]. With `structure_only`, the
         mean of the contrast-structure term alone (what MS-SSIM takes at its finer scales).
 
         The references go in chunks: small temporaries are reused by the allocator, where whole-set ones
-        were mapped and unmapped for every query (5x slower here: 368 vs 68 ms a query at 64 px)."""
+        were mapped and unmapped for every query (5x slower here: 368 vs 68 ms a query at 64 px). The
+        maps are computed in place, one temporary fewer each (per query against 1,138 references, at
+        64 / 128 px: 18 / 167 ms, where the conv2d blur and fresh temporaries took 61 / 1,440 ms; one
+        thread, this CPU)."""
         x = image.float().unsqueeze(0)  # [1, 1, H, W]
         mu_x = _blur(x)
         var_x = _blur(x**2) - mu_x**2
+        mu_x_sq = mu_x**2
         out = []
         for start in range(0, len(self.refs), chunk):
             refs, mu, var = (t[start : start + chunk] for t in (self.refs, self.mu, self.var))
-            cov = _blur(refs * x) - mu * mu_x
-            value = (2 * cov + C2) / (var_x + var + C2)  # contrast-structure map
+            mu_mu_x = mu * mu_x
+            value = _blur(refs * x).sub_(mu_mu_x).mul_(2).add_(C2)  # 2 cov + C2
+            value.div_((var + var_x).add_(C2))  # the contrast-structure map
             if not structure_only:
-                value = value * (2 * mu_x * mu + C1) / (mu_x**2 + mu**2 + C1)
+                mu_sq = self.mu_sq[start : start + chunk]
+                value.mul_(mu_mu_x.mul_(2).add_(C1).div_((mu_sq + mu_x_sq).add_(C1)))  # luminance
             out.append(value.mean(dim=(1, 2, 3)))
         return torch.cat(out)
 
