@@ -134,6 +134,15 @@ def test_sample_previews_a_label_guidance_and_refuses_a_bad_one(tmp_path: Path, 
     for wrong, why in [("8=x", "is not PLACE=NUMBER"), ("8=2", "labels enter at the input only")]:
         refused = sample("refused", "--label-guidance", wrong)
         assert refused.returncode == 2 and why in refused.stderr and not (tmp_path / "refused").exists()
+    for wrong, why in [("0", "must be a number above 0"), ("1.5", "no label_variation")]:  # tiny: fixed
+        refused = sample("refused", "--label-variation-scale", wrong)
+        assert refused.returncode == 2 and why in refused.stderr and not (tmp_path / "refused").exists()
+    assert (
+        json.loads((tmp_path / "plain" / "samples.jsonl").read_text().splitlines()[0])[
+            "label_variation_scale"
+        ]
+        == 1.0
+    )
 
 
 def test_latents_are_keyed_by_seed_and_index_not_by_batch() -> None:

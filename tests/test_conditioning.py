@@ -214,6 +214,47 @@ def test_label_variation_draws_the_embedding_with_the_latents_first_components(t
     assert cfg.label_variation and cfg.label_variation_kl > 0 and not cfg.label_loss_fakes
 
 
+def test_label_variation_scale_widens_the_drawn_embedding_and_travels_with_the_generator(tmp_path) -> None:
+    from training.checkpoint import generator_config, load_generator, save_generator
+    from training.export import export_onnx, onnx_parity
+
+    torch.manual_seed(0)
+    G = Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10, label_variation=True).eval()
+    _trained_modulation(G)
+    with torch.no_grad():
+        G.label_log_sigma.weight.normal_(0, 0.3)
+    sick = torch.zeros(4, LABELS)
+    sick[:, 5] = 1.0
+    z = torch.randn(4, LATENT)
+    with torch.no_grad():
+        mu, sigma = G.label_map(sick), torch.exp(G.label_log_sigma(G.label_map(sick)))
+        trained, as_trained = G.label_embedding_of(sick, z), G(z, sick)
+        G.label_variation_scale = 1.5
+        assert torch.allclose(G.label_embedding_of(sick, z), mu + 1.5 * sigma * z[:, :10], atol=1e-6)
+        assert torch.allclose(G.label_embedding_of(sick, z) - mu, 1.5 * (trained - mu), atol=1e-6)
+        wide = G(z, sick)
+        assert wide.sub(as_trained).abs().max() > 1e-3  # the images change
+        kl = G.label_kl(sick)
+        G.label_variation_scale = 1.0
+        assert torch.equal(G(z, sick), as_trained) and torch.equal(G.label_kl(sick), kl)  # training's KL
+        G.label_variation_scale = 1.5
+        names = tuple(f"l{i}" for i in range(LABELS))
+        save_generator(tmp_path, G, generator_config(G, names, CHANNELS))
+        loaded, config = load_generator(tmp_path)
+        assert config["label_variation_scale"] == 1.5 and torch.equal(loaded(z, sick), wide)
+    export_onnx(loaded, tmp_path / "g.onnx")
+    assert onnx_parity(loaded, tmp_path / "g.onnx") < 1e-4  # baked into the graph
+    for bad in (0, -1.0, 4.5, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="label_variation_scale must be"):
+            G.label_variation_scale = bad
+    assert G.label_variation_scale == 1.5  # a refused value leaves the last one
+    fixed = Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10)
+    fixed.label_variation_scale = 1.0
+    with pytest.raises(ValueError, match="no label_variation"):
+        fixed.label_variation_scale = 1.5
+    assert "label_variation_scale" not in generator_config(fixed, names, CHANNELS)
+
+
 def test_projection_critic_adds_a_term_linear_in_the_labels() -> None:
     torch.manual_seed(0)
     D = Discriminator(16, LABELS, CHANNELS, projection=True)

@@ -442,6 +442,12 @@ def test_a_trial_at_another_guidance_goes_into_its_own_folder_and_leaves_the_mod
 
     with pytest.raises(UserError, match="give --out DIR"):
         evaluate_model("tiny/1", data_dir, opts, store=store, label_guidance=2.0)
+    with pytest.raises(UserError, match="give --out"):
+        evaluate_model("tiny/1", data_dir, opts, store=store, label_variation_scale=1.5)
+    with pytest.raises(UserError, match="--label-variation-scale: .*no label_variation"):
+        evaluate_model(
+            "tiny/1", data_dir, opts, store=store, label_variation_scale=1.5, out_dir=tmp_path / "x"
+        )
     with pytest.raises(UserError, match="is a stored model's folder"):
         evaluate_model(None, data_dir, opts, generator_dir=store / "tiny" / "1")
     with pytest.raises(UserError, match="labels enter at the input only"):
@@ -455,6 +461,8 @@ def test_a_trial_at_another_guidance_goes_into_its_own_folder_and_leaves_the_mod
     assert "--label-guidance" in capsys.readouterr().err
     assert cli.main([*args[:-1], "16=2"]) == 2  # no --out
     assert "give --out DIR" in capsys.readouterr().err
+    assert cli.main(["evaluate", "tiny/1", "--store", str(store), "--label-variation-scale", "0"]) == 2
+    assert "--label-variation-scale" in capsys.readouterr().err
 
 
 def test_the_command_knows_the_same_checks() -> None:

@@ -284,6 +284,10 @@ def test_a_bad_label_guidance_or_a_missing_run_writes_nothing(model, tmp_path: P
     root = tmp_path / "store"
     with pytest.raises(ExportError, match="label_guidance"):
         export_model(model.path, "tiny", "2", store=root, label_guidance=0.0)
+    with pytest.raises(ExportError, match="no label_variation"):  # the tiny model's embedding is fixed
+        export_model(model.path, "tiny", "2", store=root, label_variation_scale=1.5)
+    with pytest.raises(ExportError, match="label_variation_scale must be in"):
+        export_model(model.path, "tiny", "2", store=root, label_variation_scale=9.0)
     copy = tmp_path / "copy" / "tiny" / "1"
     shutil.copytree(model.path, copy)
     config = json.loads((copy / "generator.json").read_text())

@@ -271,3 +271,40 @@ def test_a_run_with_label_variation_trains_its_spread_and_exports_it(tmp_path: P
     assert meta["label_variation"] is True and meta["training"]["complete"] is True
     weights = load_file(tmp_path / "generator" / "generator.safetensors")
     assert weights["label_log_sigma.weight"].abs().max() > 0  # zero at the start: trained
+
+    # its spread widened at export and in a trial evaluation: recorded in every file that describes it
+    import onnxruntime as ort
+    from thoraxclient.model_card import ModelCard
+
+    from thorax.cards import summary
+    from thorax.latents import latents_for
+    from training.evaluate import EvalOptions, evaluate_model
+    from training.export import export_model
+
+    store = tmp_path / "store"
+    plain = export_model(tmp_path, "tinyca", "1", store=store)
+    wide = export_model(tmp_path, "tinyca", "2", store=store, label_variation_scale=1.5)
+    assert json.loads(wide.file("config").read_text())["label_variation_scale"] == 1.5
+    assert json.loads(plain.file("config").read_text())["label_variation_scale"] == 1.0
+    card = ModelCard.model_validate(wide.card())
+    assert card.architecture.label_variation_scale == 1.5
+    assert ModelCard.model_validate(plain.card()).architecture.label_variation_scale == 1.0
+    assert "Label variation scale 1.5: the spread of the drawn label embedding" in (
+        wide.file("card_markdown").read_text()
+    )
+    assert "label variation scale: 1.5" in summary(card.model_dump(mode="json"))
+    z = latents_for(3, range(4), cfg.latent_dim)
+    labels = np.zeros((4, len(cfg.label_names)), np.float32)
+    labels[:, 2] = 1.0
+    drawn = [
+        ort.InferenceSession(str(m.file("onnx"))).run(None, {"z": z, "labels": labels})[0]
+        for m in (plain, wide)
+    ]
+    assert np.abs(drawn[0] - drawn[1]).max() > 1e-3  # baked into the graph
+    opts = EvalOptions(checks=("collapse",), epochs=1, collapse_latents=6, cache=False)
+    trial = evaluate_model(
+        None, data_dir, opts, generator_dir=tmp_path / "generator", label_variation_scale=1.5,
+        out_dir=tmp_path / "trial", progress=lambda _: None,
+    )  # fmt: skip
+    assert trial["label_variation_scale"] == 1.5
+    assert json.loads((tmp_path / "trial" / "evaluation.json").read_text())["label_variation_scale"] == 1.5

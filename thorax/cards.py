@@ -85,6 +85,8 @@ def summary(card: dict, is_default: bool = False) -> str:
         )
     elif guidance != 1.0:
         lines.append(f"  label guidance: {guidance:g} (labels drawn that many times as far as trained)")
+    if (scale := arch.get("label_variation_scale", 1.0)) != 1.0:
+        lines.append(f"  label variation scale: {scale:g} (the label embedding drawn that much more spread)")
     lines += ["", f"labels ({labels['encoding']}):", *_wrapped(", ".join(labels["names"]), "  ")]
     lines += ["", "training data:", *_wrapped(data["description"], "  ")]
     if data.get("cohort"):

@@ -82,6 +82,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
+    return value
+
+
 def _label_guidance(text: str) -> float | dict[str, float]:
     from training.networks import parse_label_guidance
 
@@ -147,6 +159,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             G.label_guidance = args.label_guidance
         except ValueError as exc:  # a block side the model does not have
             raise UserError(f"--label-guidance: {exc}") from None
+    if args.label_variation_scale is not None:
+        try:
+            G.label_variation_scale = args.label_variation_scale
+        except ValueError as exc:  # a generator whose label embedding is fixed
+            raise UserError(f"--label-variation-scale: {exc}") from None
     label_names = tuple(config["label_names"])
     labels = np.zeros(len(label_names), dtype=np.float32)
     for name, value in args.label:
@@ -170,6 +187,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                     "index": index,
                     "labels": dict(zip(label_names, labels.tolist(), strict=True)),
                     "label_guidance": G.label_guidance,
+                    "label_variation_scale": G.label_variation_scale,
                 }
             )
     (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -199,6 +217,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         max_batch_delay_ms=args.max_batch_delay,
         force=args.force,
         label_guidance=args.label_guidance,
+        label_variation_scale=args.label_variation_scale,
     )
     card = model.card()
     files = sum(1 for p in model.path.iterdir() if p.is_file())
@@ -289,6 +308,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         store=Path(args.store) if args.store else None,
         generator_dir=generator,
         label_guidance=args.label_guidance,
+        label_variation_scale=args.label_variation_scale,
         out_dir=out,
     )
     where = f"into {out or generator}" if out or generator else "into the model's folder and card"
@@ -522,6 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "strength before exporting it; or per place, e.g. 16=2.5 (the 16 px block's "
                    "modulations; input = the labels beside the latent; others as trained) (default: "
                    "the model's)")  # fmt: skip
+    p.add_argument("--label-variation-scale", type=_positive_float, metavar="S",
+                   help="with conditioning augmentation (nih64/6 on), spread each label's drawn "
+                   "embedding S times as wide as trained: more variety within a label above 1 "
+                   "(default: the model's)")  # fmt: skip
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
@@ -546,6 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw each label W times as far from no finding as trained, or per place, e.g. 16=2.5 "
         "(default: the source's; 1 for a run); baked into the ONNX graph and the archive, recorded in "
         "the card",
+    )
+    p.add_argument(
+        "--label-variation-scale",
+        type=_positive_float,
+        metavar="S",
+        help="with conditioning augmentation, spread each label's drawn embedding S times as wide as "
+        "trained (default: the source's; 1 for a run); baked in and recorded like --label-guidance",
     )
     p.set_defaults(func=_cmd_export)
 
@@ -600,6 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-guidance", type=_label_guidance, metavar="W",
                    help="judge the model at this guidance instead of its own, e.g. 1.5 or 16=2.5 "
                    "(needs --out): a strength judged before it is exported")  # fmt: skip
+    p.add_argument("--label-variation-scale", type=_positive_float, metavar="S",
+                   help="judge the model with its drawn label embedding spread S times as wide as "
+                   "trained (needs --out), as --label-guidance")  # fmt: skip
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("configs", help="list the training configs")

@@ -150,6 +150,7 @@ def generator_config(
         "label_modulation_from": G.label_modulation_from,
         "label_variation": G.label_variation,
         "label_guidance": G.label_guidance,
+        **({"label_variation_scale": G.label_variation_scale} if G.label_variation else {}),
         "channels": {str(k): v for k, v in channels.items() if k <= G.resolution},
         "output": "one-channel image, about [-1, 1]; clamp, then (x + 1) * 127.5 gives 8-bit grey",
         **cohort,

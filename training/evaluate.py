@@ -1084,6 +1084,8 @@ def _card_summary(evaluation: dict, opts: EvalOptions) -> dict:
     summary: dict = {"file": "evaluation.json", "checks": list(opts.checks)}
     if is_guided(evaluation.get("label_guidance", 1.0)):
         summary["label_guidance"] = evaluation["label_guidance"]
+    if evaluation.get("label_variation_scale", 1.0) != 1.0:
+        summary["label_variation_scale"] = evaluation["label_variation_scale"]
     if cohort := evaluation.get("cohort"):
         summary["cohort"] = cohort["name"]
     if memo := evaluation.get("memorisation"):
@@ -1216,15 +1218,16 @@ def evaluate_model(
     generator_dir: Path | None = None,
     label_guidance: LabelGuidance | None = None,
     out_dir: Path | None = None,
+    label_variation_scale: float | None = None,
 ) -> dict:
     """Run the checks on a stored model (or, with `generator_dir`, on a generator folder such as a run's
     `generator/`), write the results into its folder (and a stored model's card); returns them.
 
     With `out_dir` the results go there instead and nothing of the model is touched: a trial, such as
-    the model judged at another `label_guidance` than its files draw (which needs `out_dir`, so that a
-    model's record always describes what its files draw). A stored model's folder given as
-    `generator_dir` needs `out_dir` too (writing into it would break its checksums; name it as
-    NAME/VERSION to update its record and card).
+    the model judged at another `label_guidance` or `label_variation_scale` than its files draw (which
+    needs `out_dir`, so that a model's record always describes what its files draw). A stored model's
+    folder given as `generator_dir` needs `out_dir` too (writing into it would break its checksums;
+    name it as NAME/VERSION to update its record and card).
 
     The split defaults to the one in the generator's run config, else 80/10/10 with hash seed 0."""
     opts = opts or EvalOptions()
@@ -1232,6 +1235,11 @@ def evaluate_model(
         raise UserError(
             "--label-guidance judges the model at another strength than its files draw: give --out DIR "
             "for the results (the model's own record stays as it is)"
+        )
+    if label_variation_scale is not None and out_dir is None:
+        raise UserError(
+            "--label-variation-scale judges the model with another spread than its files draw: give --out "
+            "DIR for the results (the model's own record stays as it is)"
         )
     if generator_dir is not None and out_dir is None and (Path(generator_dir) / "SHA256SUMS").is_file():
         raise UserError(
@@ -1254,6 +1262,11 @@ def evaluate_model(
             G.label_guidance = label_guidance
         except ValueError as exc:
             raise UserError(f"--label-guidance: {exc}") from None
+    if label_variation_scale is not None:
+        try:
+            G.label_variation_scale = label_variation_scale
+        except ValueError as exc:
+            raise UserError(f"--label-variation-scale: {exc}") from None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     folder = out_dir or folder  # where the results go; the generator was read above
@@ -1278,11 +1291,14 @@ def evaluate_model(
     guided = (
         f", label guidance {describe_label_guidance(G.label_guidance)}" if is_guided(G.label_guidance) else ""
     )
+    if G.label_variation and G.label_variation_scale != 1.0:
+        guided += f", label variation scale {G.label_variation_scale:g}"
     progress(f"{name}: {resolution} px{guided}, judged against {cohort} of {data_dir}")
     evaluation: dict = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": name,
         "label_guidance": G.label_guidance,
+        **({"label_variation_scale": G.label_variation_scale} if G.label_variation else {}),
         "data": describe_data(Path(data_dir), tuple(names)),
         "split": f"patient-disjoint {fractions}, hash seed {split_seed}: the training run's split",
         "cohort": {"name": cohort, "patient_prefixes": list(prefixes)},

@@ -395,6 +395,7 @@ def build_card(name: str, version: str, G: Generator, info: dict, files: dict) -
             "precision": "bf16 autocast, gradient penalty in fp32" if meta.get("bf16") else "fp32",
             "conditioning": conditioning_summary(cfg),
             "label_guidance": G.label_guidance,
+            "label_variation_scale": G.label_variation_scale,
         },
         "labels": {
             "names": list(cfg.label_names),
@@ -471,6 +472,13 @@ def card_markdown(card: ModelCard) -> str:
             "from no finding as the network was trained to draw it (no finding itself is unchanged), "
             "for stronger signs of disease at the cost of variety within a label."
         )
+    if a.label_variation_scale != 1.0:
+        conditioning += (
+            f"\nLabel variation scale {a.label_variation_scale:g}: the spread of the drawn label embedding "
+            f"is {a.label_variation_scale:g} times the trained one, for "
+            + ("more" if a.label_variation_scale > 1 else "less")
+            + " variety within a label."
+        )
     cohort = f" One cohort only: {d.cohort}." if d.cohort else ""
     return f"""# Model card: {card.name} {card.version}
 
@@ -522,13 +530,15 @@ def export_model(
     max_batch_delay_ms: int = 20,
     force: bool = False,
     label_guidance: LabelGuidance | None = None,
+    label_variation_scale: float | None = None,
 ) -> StoredModel:
     """Export a run's generator into `<store>/<name>/<version>/`; see the module docstring.
 
     `label_guidance` (a number in (0, 10], or one per place such as {"16": 2.5}; None keeps the
     source's, 1.0 for a run) is baked into every file: the ONNX graph, the TorchServe archive's
     generator.json and the sample grid draw each label that much further from no finding
-    (`Generator`'s docstring); the card records it."""
+    (`Generator`'s docstring); the card records it. `label_variation_scale` (None keeps the source's)
+    is baked in the same way: the spread of a conditioning-augmented label embedding, times that."""
     store = store or store_root()
     if (
         not name.replace("-", "").replace("_", "").isalnum()
@@ -543,6 +553,11 @@ def export_model(
         try:
             G.label_guidance = label_guidance
         except ValueError as exc:  # checked by the setter: the value, and the places this generator has
+            raise ExportError(str(exc)) from None
+    if label_variation_scale is not None:
+        try:
+            G.label_variation_scale = label_variation_scale
+        except ValueError as exc:  # the value, and whether this generator draws its embedding at all
             raise ExportError(str(exc)) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))

@@ -126,6 +126,7 @@ class LabelModulation(nn.Module):
 
 
 MAX_LABEL_GUIDANCE = 10.0
+MAX_LABEL_VARIATION_SCALE = 4.0  # label_variation_scale: (0, 4]; 1.5 already spreads some labels past real
 GUIDANCE_INPUT = "input"  # the key of the labels concatenated with the latent, beside the blocks' sides
 
 LabelGuidance = float | dict[str, float]
@@ -252,6 +253,10 @@ class Generator(nn.Module):
                     embedding is drawn, not fixed, as mu(labels) + sigma(labels) * z[:label_modulation]
                     (the latent's first components), so one label vector gives a spread of disease
                     looks that varies with the latent; `label_kl` is its training regulariser.
+        label_variation_scale: with `label_variation`, the sigma of that draw is multiplied by this
+                    at sampling time (1.0, as trained): a temperature for the variety within a label.
+                    Label guidance moves mu away from no finding and costs variety; a scale above 1
+                    gives some back. Checked again whenever it is set.
 
     `cond_gain` (a plain attribute, 1.0 outside training) scales every conditional term: the labels
     at the input and the modulations. The training loop ramps it from 0 to 1 so that the network
@@ -269,6 +274,7 @@ class Generator(nn.Module):
         label_guidance: LabelGuidance = 1.0,
         label_modulation_from: int = 4,
         label_variation: bool = False,
+        label_variation_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if label_variation and not 0 < label_modulation <= latent_dim:
@@ -313,6 +319,26 @@ class Generator(nn.Module):
             self.blocks[str(res)] = GeneratorBlock(channels[res // 2], channels[res], embed)
             self.to_rgb[str(res)] = EqualizedConv2d(channels[res], 1, 1, gain=1.0)
         self.label_guidance = label_guidance
+        self.label_variation_scale = label_variation_scale
+
+    @property
+    def label_variation_scale(self) -> float:
+        return self._label_variation_scale
+
+    @label_variation_scale.setter
+    def label_variation_scale(self, scale: float) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+            raise ValueError(f"label_variation_scale must be a number, got {scale!r}")
+        if not 0 < scale <= MAX_LABEL_VARIATION_SCALE:
+            raise ValueError(
+                f"label_variation_scale must be in (0, {MAX_LABEL_VARIATION_SCALE:g}], got {scale:g}"
+            )
+        if scale != 1.0 and not self.label_variation:
+            raise ValueError(
+                "label_variation_scale scales the spread of a label embedding drawn with the latent: this "
+                "generator's embedding is fixed (no label_variation)"
+            )
+        self._label_variation_scale = float(scale)
 
     @property
     def label_guidance(self) -> LabelGuidance:
@@ -357,15 +383,19 @@ class Generator(nn.Module):
             label_guidance=config.get("label_guidance", 1.0),
             label_modulation_from=config.get("label_modulation_from", 4),
             label_variation=config.get("label_variation", False),
+            label_variation_scale=config.get("label_variation_scale", 1.0),
         )
 
     def label_embedding_of(self, labels: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The modulations' embedding [N, E]: the label mapping's output, or with `label_variation` that
-        output plus sigma(labels) times the latent's first E components."""
+        output plus sigma(labels) times the latent's first E components (times `label_variation_scale`)."""
         mu = self.label_map(labels)
         if not self.label_variation:
             return mu
-        return mu + torch.exp(self.label_log_sigma(mu)) * z[:, : self.label_modulation].to(mu.dtype)
+        sigma = torch.exp(self.label_log_sigma(mu))
+        if self.label_variation_scale != 1.0:
+            sigma = self.label_variation_scale * sigma
+        return mu + sigma * z[:, : self.label_modulation].to(mu.dtype)
 
     def label_kl(self, labels: torch.Tensor) -> torch.Tensor:
         """KL(N(mu, sigma^2) || N(0, 1)) of `label_variation`'s embedding, per component, batch mean:

@@ -52,6 +52,12 @@ class Architecture(_Strict):
         "the change from no finding; or per place ('input': the labels beside the latent, '16': the "
         "modulations of the 16 px block), the places not named as trained (older cards: 1.0)",
     )
+    label_variation_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="with conditioning augmentation, the spread of the drawn label embedding against the "
+        "trained one: 1.0 as trained, above 1 more variety within a label (older cards: 1.0)",
+    )
 
     def label_guidance_text(self) -> str:
         """The guidance in words: "1.5", or "16 px 2.5, 32 px 1.5" for one given per place."""
