@@ -38,6 +38,7 @@ from training.evaluate import (
     similarity_index,
     site_of,
     train_on_synthetic,
+    two_sample_by_side,
     two_sample_test,
 )
 
@@ -143,6 +144,20 @@ def test_two_sample_test_is_near_chance_for_one_distribution_and_sure_for_two(sm
     noise = torch.rand(200, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     apart = two_sample_test(reals[:200], noise, opts)
     assert apart["accuracy"] >= 0.95 and apart["auc"] >= 0.98
+
+
+def test_the_two_sample_test_by_side_finds_where_the_giveaway_lies(small_splits) -> None:
+    """Real images against other real images with a one-pixel checkerboard added: told apart at 16 px,
+    not once both are pooled to 8 px (2x2 pooling cancels the checkerboard exactly), the small
+    classifier's smallest input."""
+    reals = small_splits["train"].images_at(16)
+    checker = (torch.arange(16).view(-1, 1) + torch.arange(16).view(1, -1)) % 2 * 0.6 - 0.3  # +-0.3
+    opts = EvalOptions(epochs=4, bootstrap=500)
+    real, marked = reals[0:400:2], reals[1:400:2] + checker
+    assert two_sample_test(real, marked, opts)["auc"] >= 0.95
+    by_side = two_sample_by_side(real, marked, opts)
+    assert list(by_side) == ["8"]
+    assert all(0.35 <= r["accuracy"] <= 0.65 and r["auc"] < 0.75 for r in by_side.values()), by_side
 
 
 def test_a_generator_that_returns_the_training_set_gives_a_synthetic_over_real_ratio_of_one(

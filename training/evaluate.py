@@ -726,6 +726,20 @@ def two_sample_test(real: torch.Tensor, fake: torch.Tensor, opts: EvalOptions, h
     }
 
 
+def two_sample_by_side(real: torch.Tensor, fake: torch.Tensor, opts: EvalOptions) -> dict:
+    """The two-sample test again with both sets area-pooled to half, a quarter, ... of their side, down to
+    the classifier's smallest input (8 px; 32 for densenet121): {side: {"auc", "accuracy"}}. Where the
+    AUC falls, the images pooled to that side look real to the classifier, and what gives them away
+    lies in the finer scales. Costs about a third of the test at the full side."""
+    out = {}
+    side, smallest = real.shape[-1] // 2, 32 if opts.classifier == "densenet121" else 8
+    while side >= smallest:
+        result = two_sample_test(pool_to(real, side), pool_to(fake, side), opts)
+        out[str(side)] = {"auc": result["auc"], "accuracy": result["accuracy"]}
+        side //= 2
+    return out
+
+
 def feature_distances(
     model: torch.nn.Module,
     train: torch.Tensor,
@@ -851,10 +865,13 @@ def classifier_checks(
 
     t0 = time.perf_counter()
     two_sample = two_sample_test(train_images, synthetic, opts)
+    two_sample["by_side"] = two_sample_by_side(train_images, synthetic, opts)
     timings["two_sample_s"] = time.perf_counter() - t0
     progress(
-        f"two-sample test: held-out accuracy {two_sample['accuracy']}, AUC {two_sample['auc']} "
-        f"({timings['two_sample_s']:.0f} s)"
+        f"two-sample test: held-out accuracy {two_sample['accuracy']}, AUC {two_sample['auc']}; with both "
+        "sets pooled to "
+        + ", ".join(f"{side} px {r['auc']}" for side, r in two_sample["by_side"].items())
+        + f" ({timings['two_sample_s']:.0f} s)"
     )
 
     t0 = time.perf_counter()
