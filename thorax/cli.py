@@ -543,9 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "modulations; input = the labels beside the latent; others as trained) (default: "
                    "the model's)")  # fmt: skip
     p.add_argument("--label-variation-scale", type=_positive_float, metavar="S",
-                   help="with conditioning augmentation (nih64/6 on), spread each label's drawn "
-                   "embedding S times as wide as trained: more variety within a label above 1 "
-                   "(default: the model's)")  # fmt: skip
+                   help="for a model trained with conditioning augmentation (label_variation, as "
+                   "nih64/6), spread each label's drawn embedding S times as wide as trained: more "
+                   "variety within a label above 1 (default: the model's)")  # fmt: skip
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
