@@ -67,7 +67,7 @@ def test_real_rows_topped_up_are_read_at_the_synthetic_resolution(
     with pytest.raises(DatasetError, match="real_root"):
         SyntheticDataset(tmp_path / "ds", include_real=True)  # no images beside base.csv
     mixed = SyntheticDataset(tmp_path / "ds", include_real=True, real_root=data_dir)
-    resolution = client.models()[0].resolution
+    resolution = next(m for m in client.models() if m.default).resolution  # the images drawn come from it
     assert (len(mixed), mixed.real_images, mixed.resolution) == (24, 20, resolution)
     images = np.stack([mixed[i][0] for i in range(len(mixed))])  # what a DataLoader's collation does
     labels = np.stack([mixed[i][1] for i in range(len(mixed))])
