@@ -255,6 +255,20 @@ def test_label_variation_scale_widens_the_drawn_embedding_and_travels_with_the_g
     assert "label_variation_scale" not in generator_config(fixed, names, CHANNELS)
 
 
+def test_set_sampling_names_the_flag_and_sets_nothing_when_one_option_is_refused() -> None:
+    G = Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10, label_variation=True)
+    G.set_sampling(label_guidance=2.0, label_variation_scale=1.25)
+    assert (G.label_guidance, G.label_variation_scale) == (2.0, 1.25)
+    G.set_sampling()  # None keeps both
+    assert (G.label_guidance, G.label_variation_scale) == (2.0, 1.25)
+    with pytest.raises(ValueError, match="^--label-variation-scale: label_variation_scale must be in"):
+        G.set_sampling(label_guidance=3.0, label_variation_scale=9.0)
+    assert (G.label_guidance, G.label_variation_scale) == (2.0, 1.25)  # the valid guidance was undone too
+    with pytest.raises(ValueError, match="^--label-guidance: label_guidance names block 32"):
+        G.set_sampling(label_guidance={"32": 2.0}, label_variation_scale=1.0)
+    assert (G.label_guidance, G.label_variation_scale) == (2.0, 1.25)
+
+
 def test_projection_critic_adds_a_term_linear_in_the_labels() -> None:
     torch.manual_seed(0)
     D = Discriminator(16, LABELS, CHANNELS, projection=True)

@@ -154,16 +154,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     model_dir = _model_folder(args.model)
     G, config = load_generator(model_dir)
-    if args.label_guidance is not None:
-        try:
-            G.label_guidance = args.label_guidance
-        except ValueError as exc:  # a block side the model does not have
-            raise UserError(f"--label-guidance: {exc}") from None
-    if args.label_variation_scale is not None:
-        try:
-            G.label_variation_scale = args.label_variation_scale
-        except ValueError as exc:  # a generator whose label embedding is fixed
-            raise UserError(f"--label-variation-scale: {exc}") from None
+    try:
+        G.set_sampling(label_guidance=args.label_guidance, label_variation_scale=args.label_variation_scale)
+    except ValueError as exc:  # a block side the model does not have, a fixed label embedding
+        raise UserError(str(exc)) from None
     label_names = tuple(config["label_names"])
     labels = np.zeros(len(label_names), dtype=np.float32)
     for name, value in args.label:

@@ -1248,16 +1248,15 @@ def evaluate_model(
 
     The split defaults to the one in the generator's run config, else 80/10/10 with hash seed 0."""
     opts = opts or EvalOptions()
-    if label_guidance is not None and out_dir is None:
-        raise UserError(
-            "--label-guidance judges the model at another strength than its files draw: give --out DIR "
-            "for the results (the model's own record stays as it is)"
-        )
-    if label_variation_scale is not None and out_dir is None:
-        raise UserError(
-            "--label-variation-scale judges the model with another spread than its files draw: give --out "
-            "DIR for the results (the model's own record stays as it is)"
-        )
+    for flag, value, other in (
+        ("--label-guidance", label_guidance, "at another strength"),
+        ("--label-variation-scale", label_variation_scale, "with another spread"),
+    ):
+        if value is not None and out_dir is None:
+            raise UserError(
+                f"{flag} judges the model {other} than its files draw: give --out DIR for the results "
+                "(the model's own record stays as it is)"
+            )
     if generator_dir is not None and out_dir is None and (Path(generator_dir) / "SHA256SUMS").is_file():
         raise UserError(
             f"{generator_dir} is a stored model's folder: evaluate it as NAME/VERSION (its record and "
@@ -1274,16 +1273,10 @@ def evaluate_model(
     else:
         folder, name = Path(generator_dir), str(generator_dir)
     G, config = load_generator(folder)
-    if label_guidance is not None:
-        try:
-            G.label_guidance = label_guidance
-        except ValueError as exc:
-            raise UserError(f"--label-guidance: {exc}") from None
-    if label_variation_scale is not None:
-        try:
-            G.label_variation_scale = label_variation_scale
-        except ValueError as exc:
-            raise UserError(f"--label-variation-scale: {exc}") from None
+    try:
+        G.set_sampling(label_guidance=label_guidance, label_variation_scale=label_variation_scale)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     folder = out_dir or folder  # where the results go; the generator was read above

@@ -549,16 +549,10 @@ def export_model(
     if target.exists() and not force:
         raise ExportError(f"{target} exists; give another --version (or --force to replace it)")
     G, info, meta_path = load_run_generator(source)
-    if label_guidance is not None:
-        try:
-            G.label_guidance = label_guidance
-        except ValueError as exc:  # checked by the setter: the value, and the places this generator has
-            raise ExportError(str(exc)) from None
-    if label_variation_scale is not None:
-        try:
-            G.label_variation_scale = label_variation_scale
-        except ValueError as exc:  # the value, and whether this generator draws its embedding at all
-            raise ExportError(str(exc)) from None
+    try:
+        G.set_sampling(label_guidance=label_guidance, label_variation_scale=label_variation_scale)
+    except ValueError as exc:  # the value, the places this generator has, whether it draws its embedding
+        raise ExportError(str(exc)) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))
     try:

@@ -368,6 +368,25 @@ class Generator(nn.Module):
                 )
         self._label_guidance = w
 
+    def set_sampling(
+        self, *, label_guidance: LabelGuidance | None = None, label_variation_scale: float | None = None
+    ) -> None:
+        """Set the sampling options given (None keeps one as it is), for `thorax sample`, evaluate and
+        export alike. A value this generator cannot take raises ValueError naming the option by its
+        command-line flag, and leaves both options as they were."""
+        before = self.label_guidance, self.label_variation_scale
+        for flag, attr, value in (
+            ("--label-guidance", "label_guidance", label_guidance),
+            ("--label-variation-scale", "label_variation_scale", label_variation_scale),
+        ):
+            if value is None:
+                continue
+            try:
+                setattr(self, attr, value)
+            except ValueError as exc:  # the value, or a place or spread this generator does not have
+                self._label_guidance, self._label_variation_scale = before
+                raise ValueError(f"{flag}: {exc}") from None
+
     @classmethod
     def from_config(cls, config: dict) -> Generator:
         """The generator a `generator.json` describes (random weights; load its safetensors next). The
