@@ -335,6 +335,9 @@ def test_adaptive_strength_rises_while_the_critic_overfits_and_falls_after() -> 
     fixed = AdaptiveStrength(target=None, p=0.3)
     fixed.update(real, fake)
     assert fixed.p == 0.3
+    assert restored.p != 0.3
+    fixed.load_state(restored.state())  # a checkpoint of a run that adapted its strength
+    assert fixed.p == 0.3 and fixed.rt == restored.rt  # the fixed strength is the config's
 
 
 def test_rare_label_weights_over_represent_rare_labels() -> None:

@@ -132,5 +132,9 @@ class AdaptiveStrength:
         return {"p": self.p, "rt": self.rt, "signs": self._signs, "images": self._images}
 
     def load_state(self, state: dict) -> None:
-        self.p, self.rt = state["p"], state["rt"]
+        """A checkpoint's controller state. A fixed strength (no target) is the config's, whatever the
+        checkpoint's was, so a run started from another run's checkpoint augments as it is told to."""
+        if self.target is not None:
+            self.p = state["p"]
+        self.rt = state["rt"]
         self._signs, self._images = list(state["signs"]), state["images"]
