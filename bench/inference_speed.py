@@ -15,8 +15,9 @@ onnxruntime fp32, measured in one run:
 Variants: PyTorch eager (fp32), onnxruntime fp32 (the default graph optimisations, then without the
 layout pass, then without spinning threads), onnxruntime int8 (static QDQ quantisation, per-channel
 weights, calibrated on the activations of 128 of the model's own images), OpenVINO fp32, OpenVINO bf16
-on the whole graph, and OpenVINO bf16 with the blocks up to 8, 16 (the backend's choice) or 32 px in
-fp32. `--torchserve` adds TorchServe's HTTP path (Java 17 and `pip install -e .[torchserve]`).
+on the whole graph, and OpenVINO bf16 with the blocks up to 8, 16 or 32 px in fp32 (the backend's
+choice: 16 px for a 64 px model, 32 for a 128 px one). `--torchserve` adds TorchServe's HTTP path (Java
+17 and `pip install -e .[torchserve]`).
 """
 
 from __future__ import annotations
@@ -123,14 +124,14 @@ def variants(path: Path, G: Generator, threads: int, int8_path: Path | None) -> 
     if int8_path is not None:
         found["onnxruntime int8 (static)"] = ("int8", lambda: SessionVariant(int8_path, latent, threads))
     try:
-        from service.backends.openvino import OpenVinoBackend
+        from service.backends.openvino import OpenVinoBackend, fp32_side
     except ImportError:
         print("openvino is not installed: its variants are left out")
         return found
     found["openvino"] = ("fp32", lambda: OpenVinoBackend(path, latent, threads, "fp32"))
     found["openvino bf16, whole graph"] = ("bf16", lambda: OpenVinoBackend(path, latent, threads, "bf16", 0))
     for up_to in (8, 16, 32):
-        mark = " (backend)" if up_to == 16 else ""
+        mark = " (backend)" if up_to == fp32_side(G.resolution) else ""
         found[f"openvino bf16, fp32 to {up_to} px{mark}"] = (
             "bf16",
             lambda up_to=up_to: OpenVinoBackend(path, latent, threads, "bf16", up_to),

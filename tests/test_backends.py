@@ -100,12 +100,14 @@ def test_openvino_bf16_agrees_within_one_grey_level_on_99_percent_of_pixels(refe
 # every block too; nih64/6 and nih128/2 (the default, 128 px): and the latent draws their embedding
 # (label_variation), so both halves read z
 def test_the_split_graph_run_in_fp32_gives_the_onnxruntime_images(ref: str) -> None:
-    """The bf16 backend runs the generator as two graphs, cut at 16 px; run both halves in fp32 here
-    (any CPU), chained, and they must give the one graph's images."""
-    from service.backends.openvino import split_at  # after the importorskip above
+    """The bf16 backend runs the generator as two graphs, cut at 16 px (32 px for a 128 px model); run
+    both halves in fp32 here (any CPU), chained, and they must give the one graph's images."""
+    from service.backends.openvino import fp32_side, split_at  # after the importorskip above
 
     model = open_model(ref, REPO_STORE)
-    head, tail = split_at(model.file("onnx"), 16)
+    side = fp32_side(model.card()["architecture"]["resolution"])
+    assert side == {64: 16, 128: 32}[model.card()["architecture"]["resolution"]]  # a quarter, at least 16
+    head, tail = split_at(model.file("onnx"), side)
     assert tail is not None and tail.inputs[0].get_any_name() == "features"
     core, fp32 = openvino.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
     head, tail = core.compile_model(head, "CPU", fp32), core.compile_model(tail, "CPU", fp32)

@@ -103,9 +103,10 @@ def open_backend(
     elif backend == "openvino":
         if not _openvino_installed():
             raise BackendError("the openvino backend is not installed: pip install 'thorax[service]'")
-        from service.backends.openvino import OpenVinoBackend
+        from service.backends.openvino import OpenVinoBackend, fp32_side
 
-        opened = OpenVinoBackend(model.file("onnx"), latent_dim, settings.onnx_threads, precision)
+        side = fp32_side(model.card()["architecture"]["resolution"])
+        opened = OpenVinoBackend(model.file("onnx"), latent_dim, settings.onnx_threads, precision, side)
     elif backend in ("onnxruntime", "onnxruntime-cuda"):
         from service.backends.onnx import OnnxBackend
 
