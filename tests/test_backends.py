@@ -105,8 +105,9 @@ def test_the_split_graph_run_in_fp32_gives_the_onnxruntime_images(ref: str) -> N
     from service.backends.openvino import fp32_side, split_at  # after the importorskip above
 
     model = open_model(ref, REPO_STORE)
-    side = fp32_side(model.card()["architecture"]["resolution"])
-    assert side == {64: 16, 128: 32}[model.card()["architecture"]["resolution"]]  # a quarter, at least 16
+    resolution = model.card()["architecture"]["resolution"]
+    side = fp32_side(resolution)
+    assert side == {64: 16, 128: 32}[resolution]  # a quarter, at least 16
     head, tail = split_at(model.file("onnx"), side)
     assert tail is not None and tail.inputs[0].get_any_name() == "features"
     core, fp32 = openvino.Core(), {"INFERENCE_PRECISION_HINT": "f32"}

@@ -93,7 +93,8 @@ def open_backend(
     if backend is None:
         backend, precision = choose(settings)
     precision = precision or "fp32"
-    latent_dim = model.card()["architecture"]["latent_dim"]
+    architecture = model.card()["architecture"]
+    latent_dim = architecture["latent_dim"]
     if backend == "torchserve":
         from service.backends.torchserve import TorchServeBackend
 
@@ -105,7 +106,7 @@ def open_backend(
             raise BackendError("the openvino backend is not installed: pip install 'thorax[service]'")
         from service.backends.openvino import OpenVinoBackend, fp32_side
 
-        side = fp32_side(model.card()["architecture"]["resolution"])
+        side = fp32_side(architecture["resolution"])
         opened = OpenVinoBackend(model.file("onnx"), latent_dim, settings.onnx_threads, precision, side)
     elif backend in ("onnxruntime", "onnxruntime-cuda"):
         from service.backends.onnx import OnnxBackend
