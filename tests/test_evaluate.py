@@ -28,10 +28,12 @@ from training.evaluate import (
     EvalOptions,
     MsSsimIndex,
     SsimIndex,
+    as_loaded,
     collapse,
     controllability,
     evaluate_model,
     memorisation,
+    pool_to,
     real_score_gap,
     real_spread,
     real_trained_classifier,
@@ -158,6 +160,21 @@ def test_the_two_sample_test_by_side_finds_where_the_giveaway_lies(small_splits)
     by_side = two_sample_by_side(real, marked, opts)
     assert list(by_side) == ["8"]
     assert all(0.35 <= r["accuracy"] <= 0.65 and r["auc"] < 0.75 for r in by_side.values()), by_side
+
+
+def test_generated_images_meet_the_judge_resized_as_real_radiographs_are_loaded(data_dir: Path) -> None:
+    """`as_loaded` brings 32 px images to 16 px as PIL loads an 8-bit radiograph (Lanczos), not as their
+    area average; at the judge's own side it leaves the images as they are."""
+    at32 = RadiographSet(data_dir, 32, NIH_LABELS, "train", limit=40)
+    pixels = at32.pixels[:, 0].numpy()  # [40, 32, 32] uint8
+    lanczos = np.stack([np.asarray(Image.fromarray(p).resize((16, 16), Image.LANCZOS)) for p in pixels])
+    expected = torch.from_numpy(lanczos).float().unsqueeze(1) / 127.5 - 1  # [40, 1, 16, 16]
+    images = at32.images_at(32)
+    loaded = as_loaded(images, 16)
+    assert loaded.shape == (40, 1, 16, 16) and loaded.dtype == torch.float32
+    assert float((loaded - expected).abs().max()) < 1e-6
+    assert float((pool_to(images, 16) - expected).abs().max()) * 127.5 >= 4  # area pooling is another filter
+    assert as_loaded(images, 32) is images
 
 
 def test_a_generator_that_returns_the_training_set_gives_a_synthetic_over_real_ratio_of_one(

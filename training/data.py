@@ -159,10 +159,16 @@ def load_image(path: Path, resolution: int) -> np.ndarray:
             canvas = Image.new("L", (side, side), 0)
             canvas.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
             im = canvas
-        if im.width != resolution:
-            shrinking = im.width > resolution
-            im = im.resize((resolution, resolution), Image.LANCZOS if shrinking else Image.BICUBIC)
-        return np.asarray(im, dtype=np.uint8)
+        return np.asarray(resample(im, resolution), dtype=np.uint8)
+
+
+def resample(im: Image.Image, resolution: int) -> Image.Image:
+    """A square image at `resolution`: Lanczos when shrinking, bicubic when enlarging (unchanged at that
+    side). Real radiographs are loaded with it, and generated ones are brought to a classifier's side with
+    it (training/evaluate.py `as_loaded`), so that both meet a classifier through the same filter."""
+    if im.width == resolution:
+        return im
+    return im.resize((resolution, resolution), Image.LANCZOS if im.width > resolution else Image.BICUBIC)
 
 
 class RadiographSet:
