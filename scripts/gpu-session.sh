@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The prepared run for a session whose task is lent a GPU machine (the `device` tool; 15 minutes of
 # device time in all, one command of at most 10 minutes). One command does both GPU items:
-#   issue 11: train nih128-acreal (nih64/3's recipe with a 128 px stage) on the GPU, stopped with a
-#             checkpoint after TRAIN_S seconds if its 200 kimg are not done by then;
+#   issue 11: train CONFIG (default nih128-ca-long: the recipe of nih128/2, the default model, from the
+#             start, 260 kimg) on the GPU, stopped with a checkpoint after TRAIN_S seconds if its
+#             schedule is not done by then;
 #   issue 16: bench/gpu_speed.py, the full-size generator at 256 / 512 / 1024 px against the paper's P100.
 #
 # Three steps:
@@ -14,15 +15,17 @@
 #       there: the training, then the benchmark; brings back at most 8 files under $OUT.
 #   bash scripts/gpu-session.sh restore FILES_AT
 #       here: puts the moved files back, and unpacks what came back (the run's records, generator and
-#       checkpoint) into runs/nih128-acreal-gpu/, from which `thorax train` resumes and `thorax evaluate
-#       --generator runs/nih128-acreal-gpu/generator` judges it.
+#       checkpoint) into runs/CONFIG-gpu/, from which `thorax train --config CONFIG --run-dir
+#       runs/CONFIG-gpu` resumes and `thorax evaluate --generator runs/CONFIG-gpu/generator` judges it.
+# CONFIG must be the same for run and restore.
 # Run `restore` even when the device call fails: it is what puts model_store's weights back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ASIDE=${ASIDE:-$ROOT/../.gpu-aside}
 DATA=${THORAX_DATA:-$ROOT/../shared/data/cxr256}
-RUN_NAME=nih128-acreal-gpu
+CONFIG=${CONFIG:-nih128-ca-long}
+RUN_NAME=$CONFIG-gpu
 PART=15m  # the device tool brings back files of at most 16 MiB
 
 prepare() {
@@ -53,7 +56,7 @@ run() {
       $python -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
     } | tee "$OUT/machine.txt"
     # issue 11: SIGTERM makes the trainer write a checkpoint and stop; a rerun resumes from it.
-    timeout -s TERM "${TRAIN_S:-330}" $python -m thorax.cli train --config nih128-acreal --data .gpu/data \
+    timeout -s TERM "${TRAIN_S:-330}" $python -m thorax.cli train --config "$CONFIG" --data .gpu/data \
         --run-dir .gpu/run --device "$device" --log-every 10 >"$OUT/train.log" 2>&1 || true
     tail -3 "$OUT/train.log"
     if [ -f .gpu/run/checkpoints/latest.json ]; then
@@ -100,5 +103,5 @@ case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
     restore) restore "${2:-}" ;;
-    *) sed -n '2,22p' "$0"; exit 2 ;;
+    *) sed -n '2,21p' "$0"; exit 2 ;;
 esac
