@@ -439,3 +439,70 @@ def test_a_config_can_start_from_another_and_change_one_setting(tmp_path) -> Non
     (tmp_path / "c.toml").write_text('base = "no-such-config"\nname = "c"\n')
     with pytest.raises(UserError, match="no config 'no-such-config'"):
         load_config(str(tmp_path / "c.toml"))
+
+
+def test_a_per_label_spread_widens_only_the_images_with_those_labels(tmp_path) -> None:
+    from training.checkpoint import generator_config, load_generator, save_generator
+    from training.export import export_onnx, onnx_parity
+    from training.networks import describe_label_variation_scale, parse_label_variation_scale
+
+    names = [f"l{i}" for i in range(LABELS)]
+    torch.manual_seed(0)
+    G = Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10, label_variation=True, label_names=names)
+    G = G.eval()
+    _trained_modulation(G)
+    with torch.no_grad():
+        G.label_log_sigma.weight.normal_(0, 0.3)
+    labels = torch.zeros(5, LABELS)
+    labels[1, 2] = 1.0  # widened to 2
+    labels[2, 5] = 1.0  # not named: as trained
+    labels[3, [2, 7]] = 1.0  # two widened labels: the wider (3) wins
+    labels[4, 7] = 0.5  # half a label: half its widening, 1 + 0.5 * 2
+    z = torch.randn(5, LATENT)
+    with torch.no_grad():
+        mu = G.label_map(labels)
+        noise = torch.exp(G.label_log_sigma(mu)) * z[:, :10]
+        trained, as_trained = G.label_embedding_of(labels, z), G(z, labels)
+        G.label_variation_scale = {"l7": 3.0, "l2": 2.0}
+        assert G.label_variation_scale == {"l2": 2.0, "l7": 3.0}  # in the generator's label order
+        widened = G.label_embedding_of(labels, z)
+        for row, scale in enumerate([1.0, 2.0, 1.0, 3.0, 2.0]):
+            assert torch.allclose(widened[row], mu[row] + scale * noise[row], atol=1e-6), row
+        assert torch.equal(widened[[0, 2]], trained[[0, 2]])  # no finding and l5: exactly as trained
+        wide = G(z, labels)
+        assert torch.equal(wide[[0, 2]], as_trained[[0, 2]]) and wide[1].sub(as_trained[1]).abs().max() > 1e-3
+        save_generator(tmp_path, G, generator_config(G, tuple(names), CHANNELS))
+        loaded, config = load_generator(tmp_path)
+        assert config["label_variation_scale"] == {"l2": 2.0, "l7": 3.0}
+        assert torch.equal(loaded(z, labels), wide)
+    export_onnx(loaded, tmp_path / "g.onnx")
+    assert onnx_parity(loaded, tmp_path / "g.onnx") < 1e-4  # baked into the graph
+    assert describe_label_variation_scale(loaded.label_variation_scale) == "l2 2, l7 3"
+    for bad, why in [
+        ({"nope": 2.0}, "unknown label 'nope'"),
+        ({"l2": 0.5}, "must be a number in \\[1, 4\\]"),
+        ({"l2": 5.0}, "must be a number in \\[1, 4\\]"),
+        ({}, "an empty mapping"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            G.label_variation_scale = bad
+    assert G.label_variation_scale == {"l2": 2.0, "l7": 3.0}  # a refused value leaves the last one
+    with pytest.raises(ValueError, match="^--label-variation-scale: .*unknown label"):
+        G.set_sampling(label_guidance=3.0, label_variation_scale={"x": 2.0})
+    assert (G.label_guidance, G.label_variation_scale) == (1.0, {"l2": 2.0, "l7": 3.0})
+    G.label_variation_scale = 1.0  # back to one number: the per-label widening is gone
+    assert torch.equal(G.label_embedding_of(labels, z), trained)
+    unnamed = Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10, label_variation=True)
+    with pytest.raises(ValueError, match="needs the generator's label names"):
+        unnamed.label_variation_scale = {"l2": 2.0}
+    assert parse_label_variation_scale("1.25") == 1.25
+    assert parse_label_variation_scale(" l2=2, l7=1.5") == {"l2": 2.0, "l7": 1.5}
+    for text, why in [
+        ("0", "must be a number above 0"),
+        ("wide", "expected a number such as 1.2"),
+        ("l2=x", "is not LABEL=NUMBER"),
+        ("=2", "is not LABEL=NUMBER"),
+        ("l2=0.8", "must be in \\[1, 4\\]"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_label_variation_scale(text)

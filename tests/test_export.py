@@ -419,3 +419,15 @@ def test_a_conditioning_variant_run_exports_and_serves(tmp_path: Path, data_dir:
             export_model(
                 model.path, f"tiny-{variant}", "3", store=tmp_path / "store", label_guidance={"32": 2.0}
             )
+
+
+def test_a_card_with_a_spread_per_label_reads_back_and_says_so() -> None:
+    raw = json.loads((REPO / "model_store" / "nih128" / "4" / "model_card.json").read_text())
+    raw["architecture"]["label_variation_scale"] = {"Cardiomegaly": 1.45, "Edema": 1.9}
+    card = ModelCard.model_validate(raw)
+    assert card.architecture.label_variation_text() == "Cardiomegaly 1.45, Edema 1.9"
+    assert "Label variation scale Cardiomegaly 1.45, Edema 1.9: for an image with one" in card_markdown(card)
+    assert "label variation scale: Cardiomegaly 1.45, Edema 1.9 (images with those labels" in summary(raw)
+    raw["architecture"]["label_variation_scale"] = {"Edema": 0.0}
+    with pytest.raises(ValueError, match="must be above 0"):
+        ModelCard.model_validate(raw)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import textwrap
 
-from thoraxclient.model_card import describe_label_guidance
+from thoraxclient.model_card import describe_label_guidance, describe_label_variation_scale
 
 WIDTH = 100
 
@@ -85,7 +85,12 @@ def summary(card: dict, is_default: bool = False) -> str:
         )
     elif guidance != 1.0:
         lines.append(f"  label guidance: {guidance:g} (labels drawn that many times as far as trained)")
-    if (scale := arch.get("label_variation_scale", 1.0)) != 1.0:
+    if isinstance(scale := arch.get("label_variation_scale", 1.0), dict):
+        lines.append(
+            f"  label variation scale: {describe_label_variation_scale(scale)} (images with those labels: "
+            "the label embedding drawn that much more spread; the others as trained)"
+        )
+    elif scale != 1.0:
         lines.append(f"  label variation scale: {scale:g} (the label embedding drawn that much more spread)")
     lines += ["", f"labels ({labels['encoding']}):", *_wrapped(", ".join(labels["names"]), "  ")]
     lines += ["", "training data:", *_wrapped(data["description"], "  ")]

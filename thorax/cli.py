@@ -82,23 +82,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
-    return value
-
-
 def _label_guidance(text: str) -> float | dict[str, float]:
     from training.networks import parse_label_guidance
 
     try:
         return parse_label_guidance(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _label_variation_scale(text: str) -> float | dict[str, float]:
+    from training.networks import parse_label_variation_scale
+
+    try:
+        return parse_label_variation_scale(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -536,10 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "strength before exporting it; or per place, e.g. 16=2.5 (the 16 px block's "
                    "modulations; input = the labels beside the latent; others as trained) (default: "
                    "the model's)")  # fmt: skip
-    p.add_argument("--label-variation-scale", type=_positive_float, metavar="S",
+    p.add_argument("--label-variation-scale", type=_label_variation_scale, metavar="S",
                    help="for a model trained with conditioning augmentation (label_variation, as "
                    "nih64/6), spread each label's drawn embedding S times as wide as trained: more "
-                   "variety within a label above 1 (default: the model's)")  # fmt: skip
+                   "variety within a label above 1; or per label, e.g. Edema=2,Cardiomegaly=1.5 (the "
+                   "others as trained) (default: the model's)")  # fmt: skip
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
@@ -567,10 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--label-variation-scale",
-        type=_positive_float,
+        type=_label_variation_scale,
         metavar="S",
         help="with conditioning augmentation, spread each label's drawn embedding S times as wide as "
-        "trained (default: the source's; 1 for a run); baked in and recorded like --label-guidance",
+        "trained, or per label, e.g. Edema=2,Cardiomegaly=1.5 (the others as trained) (default: the "
+        "source's; 1 for a run); baked in and recorded like --label-guidance",
     )
     p.set_defaults(func=_cmd_export)
 
@@ -625,9 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-guidance", type=_label_guidance, metavar="W",
                    help="judge the model at this guidance instead of its own, e.g. 1.5 or 16=2.5 "
                    "(needs --out): a strength judged before it is exported")  # fmt: skip
-    p.add_argument("--label-variation-scale", type=_positive_float, metavar="S",
+    p.add_argument("--label-variation-scale", type=_label_variation_scale, metavar="S",
                    help="judge the model with its drawn label embedding spread S times as wide as "
-                   "trained (needs --out), as --label-guidance")  # fmt: skip
+                   "trained, or per label as Edema=2 (needs --out), as --label-guidance")  # fmt: skip
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("configs", help="list the training configs")

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from thoraxclient.model_card import ModelCard, describe_label_guidance
+from thoraxclient.model_card import ModelCard, describe_label_guidance, describe_label_variation_scale
 
 from thorax.errors import UserError
 from thorax.latents import latents_for
@@ -1251,7 +1251,7 @@ def evaluate_model(
     generator_dir: Path | None = None,
     label_guidance: LabelGuidance | None = None,
     out_dir: Path | None = None,
-    label_variation_scale: float | None = None,
+    label_variation_scale: float | dict[str, float] | None = None,
 ) -> dict:
     """Run the checks on a stored model (or, with `generator_dir`, on a generator folder such as a run's
     `generator/`), write the results into its folder (and a stored model's card); returns them.
@@ -1318,7 +1318,7 @@ def evaluate_model(
         f", label guidance {describe_label_guidance(G.label_guidance)}" if is_guided(G.label_guidance) else ""
     )
     if G.label_variation and G.label_variation_scale != 1.0:
-        guided += f", label variation scale {G.label_variation_scale:g}"
+        guided += f", label variation scale {describe_label_variation_scale(G.label_variation_scale)}"
     progress(f"{name}: {resolution} px{guided}, judged against {cohort} of {data_dir}")
     evaluation: dict = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -472,7 +472,13 @@ def card_markdown(card: ModelCard) -> str:
             "from no finding as the network was trained to draw it (no finding itself is unchanged), "
             "for stronger signs of disease at the cost of variety within a label."
         )
-    if a.label_variation_scale != 1.0:
+    if isinstance(a.label_variation_scale, dict):
+        conditioning += (
+            f"\nLabel variation scale {a.label_variation_text()}: for an image with one of these labels the "
+            "spread of the drawn label embedding is that many times the trained one (the widest of its "
+            "labels'), for more variety within the label; the other labels, and no finding, as trained."
+        )
+    elif a.label_variation_scale != 1.0:
         conditioning += (
             f"\nLabel variation scale {a.label_variation_scale:g}: the spread of the drawn label embedding "
             f"is {a.label_variation_scale:g} times the trained one, for "
@@ -530,7 +536,7 @@ def export_model(
     max_batch_delay_ms: int = 20,
     force: bool = False,
     label_guidance: LabelGuidance | None = None,
-    label_variation_scale: float | None = None,
+    label_variation_scale: float | dict[str, float] | None = None,
 ) -> StoredModel:
     """Export a run's generator into `<store>/<name>/<version>/`; see the module docstring.
 

@@ -130,6 +130,7 @@ MAX_LABEL_VARIATION_SCALE = 4.0  # label_variation_scale: (0, 4]; 1.5 already sp
 GUIDANCE_INPUT = "input"  # the key of the labels concatenated with the latent, beside the blocks' sides
 
 LabelGuidance = float | dict[str, float]
+LabelSpread = float | dict[str, float]  # label_variation_scale: one number, or a wider spread per label
 
 
 def _checked_weight(w: object, where: str) -> float:
@@ -185,6 +186,79 @@ def parse_label_guidance(text: str) -> LabelGuidance:
         if not sep:
             raise ValueError(f"{part.strip()!r} is not PLACE=NUMBER (e.g. 16=2)")
     return checked_label_guidance(pairs)
+
+
+def checked_label_variation_scale(scale: object, label_names: list[str] | None) -> LabelSpread:
+    """A label variation scale, checked: a number in (0, 4] for every label, or a mapping from label
+    names to numbers in [1, 4] (a wider spread for those labels; the others as trained). A mapping is
+    returned in the generator's label order. ValueError names what is wrong."""
+    if not isinstance(scale, dict):
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+            raise ValueError(f"label_variation_scale must be a number, got {scale!r}")
+        if not 0 < scale <= MAX_LABEL_VARIATION_SCALE:
+            raise ValueError(
+                f"label_variation_scale must be in (0, {MAX_LABEL_VARIATION_SCALE:g}], got {scale:g}"
+            )
+        return float(scale)
+    if not scale:
+        raise ValueError("label_variation_scale: an empty mapping (give a number, or labels such as Edema=2)")
+    if label_names is None:
+        raise ValueError("label_variation_scale per label needs the generator's label names")
+    out = {}
+    for name, value in scale.items():
+        name = str(name).strip()
+        if name not in label_names:
+            raise ValueError(
+                f"label_variation_scale: unknown label {name!r}; this generator's labels are "
+                + ", ".join(label_names)
+            )
+        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+        if not ok or not 1.0 <= value <= MAX_LABEL_VARIATION_SCALE:
+            raise ValueError(
+                f"label_variation_scale for {name} must be a number in [1, {MAX_LABEL_VARIATION_SCALE:g}] "
+                f"(a label's spread is widened, never narrowed), got {value!r}"
+            )
+        out[name] = float(value)
+    return {n: out[n] for n in label_names if n in out}
+
+
+def parse_label_variation_scale(text: str) -> LabelSpread:
+    """`--label-variation-scale` as typed: "1.2" (every label) or "Edema=2,Cardiomegaly=1.5" (those
+    labels wider; the others as trained). Label names are checked against the model later."""
+    text = text.strip()
+    if "=" not in text:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"expected a number such as 1.2, or labels such as Edema=2,Cardiomegaly=1.5; got {text!r}"
+            ) from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{text} must be a number above 0")
+        return value  # its range is checked against the model, with the flag named
+    pairs: dict[str, float] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not LABEL=NUMBER (e.g. Edema=2)") from None
+        if not sep or not key.strip():
+            raise ValueError(f"{part.strip()!r} is not LABEL=NUMBER (e.g. Edema=2)")
+        if not math.isfinite(number) or not 1.0 <= number <= MAX_LABEL_VARIATION_SCALE:
+            raise ValueError(
+                f"{part.strip()!r}: a label's spread must be in [1, {MAX_LABEL_VARIATION_SCALE:g}]"
+            )
+        pairs[key.strip()] = number
+    return pairs
+
+
+def describe_label_variation_scale(scale: LabelSpread) -> str:
+    """A label variation scale in words: "1.2", or per label "Cardiomegaly 1.5, Edema 2" (the others: 1).
+    The twin of thoraxclient.model_card's (this module travels alone in the TorchServe archive)."""
+    if isinstance(scale, dict):
+        return ", ".join(f"{k} {v:g}" for k, v in scale.items())
+    return f"{scale:g}"
 
 
 def guidance_weight(guidance: LabelGuidance, place: str) -> float:
@@ -256,7 +330,12 @@ class Generator(nn.Module):
         label_variation_scale: with `label_variation`, the sigma of that draw is multiplied by this
                     at sampling time (1.0, as trained): a temperature for the variety within a label.
                     Label guidance moves mu away from no finding and costs variety; a scale above 1
-                    gives some back. Checked again whenever it is set.
+                    gives some back. A mapping from label names to scales in [1, 4] widens only those
+                    labels (e.g. {"Edema": 2.0}): an image's scale is 1 + max over its labels of
+                    label value * (scale - 1), so no finding stays as trained and an image with two
+                    widened labels takes the wider. Checked again whenever it is set.
+        label_names: the names of the labels, in order (a per-label `label_variation_scale` names
+                    them); None for a generator that never takes one.
 
     `cond_gain` (a plain attribute, 1.0 outside training) scales every conditional term: the labels
     at the input and the modulations. The training loop ramps it from 0 to 1 so that the network
@@ -274,9 +353,13 @@ class Generator(nn.Module):
         label_guidance: LabelGuidance = 1.0,
         label_modulation_from: int = 4,
         label_variation: bool = False,
-        label_variation_scale: float = 1.0,
+        label_variation_scale: LabelSpread = 1.0,
+        label_names: list[str] | None = None,
     ) -> None:
         super().__init__()
+        if label_names is not None and len(label_names) != num_labels:
+            raise ValueError(f"{len(label_names)} label names for {num_labels} labels")
+        self.label_names = list(label_names) if label_names is not None else None
         if label_variation and not 0 < label_modulation <= latent_dim:
             raise ValueError(
                 "label_variation draws the label embedding with the latent's first components: it needs "
@@ -322,23 +405,24 @@ class Generator(nn.Module):
         self.label_variation_scale = label_variation_scale
 
     @property
-    def label_variation_scale(self) -> float:
+    def label_variation_scale(self) -> LabelSpread:
         return self._label_variation_scale
 
     @label_variation_scale.setter
-    def label_variation_scale(self, scale: float) -> None:
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
-            raise ValueError(f"label_variation_scale must be a number, got {scale!r}")
-        if not 0 < scale <= MAX_LABEL_VARIATION_SCALE:
-            raise ValueError(
-                f"label_variation_scale must be in (0, {MAX_LABEL_VARIATION_SCALE:g}], got {scale:g}"
-            )
+    def label_variation_scale(self, scale: LabelSpread) -> None:
+        scale = checked_label_variation_scale(scale, self.label_names)
         if scale != 1.0 and not self.label_variation:
             raise ValueError(
                 "label_variation_scale scales the spread of a label embedding drawn with the latent: this "
                 "generator's embedding is fixed (no label_variation)"
             )
-        self._label_variation_scale = float(scale)
+        self._label_variation_scale = scale
+        # per label: each label's widening (scale - 1), 0 for the labels not named; [num_labels]
+        self._label_widening = (
+            torch.tensor([scale.get(n, 1.0) - 1.0 for n in self.label_names])
+            if isinstance(scale, dict) and self.label_names is not None
+            else None
+        )
 
     @property
     def label_guidance(self) -> LabelGuidance:
@@ -369,7 +453,7 @@ class Generator(nn.Module):
         self._label_guidance = w
 
     def set_sampling(
-        self, *, label_guidance: LabelGuidance | None = None, label_variation_scale: float | None = None
+        self, *, label_guidance: LabelGuidance | None = None, label_variation_scale: LabelSpread | None = None
     ) -> None:
         """Set the sampling options given (None keeps one as it is), for `thorax sample`, evaluate and
         export alike. A value this generator cannot take raises ValueError naming the option by its
@@ -384,7 +468,8 @@ class Generator(nn.Module):
             try:
                 setattr(self, attr, value)
             except ValueError as exc:  # the value, or a place or spread this generator does not have
-                self._label_guidance, self._label_variation_scale = before
+                self._label_guidance = before[0]
+                self.label_variation_scale = before[1]
                 raise ValueError(f"{flag}: {exc}") from None
 
     @classmethod
@@ -403,16 +488,22 @@ class Generator(nn.Module):
             label_modulation_from=config.get("label_modulation_from", 4),
             label_variation=config.get("label_variation", False),
             label_variation_scale=config.get("label_variation_scale", 1.0),
+            label_names=config.get("label_names"),
         )
 
     def label_embedding_of(self, labels: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The modulations' embedding [N, E]: the label mapping's output, or with `label_variation` that
-        output plus sigma(labels) times the latent's first E components (times `label_variation_scale`)."""
+        output plus sigma(labels) times the latent's first E components (times `label_variation_scale`;
+        one per image for a per-label scale)."""
         mu = self.label_map(labels)
         if not self.label_variation:
             return mu
         sigma = torch.exp(self.label_log_sigma(mu))
-        if self.label_variation_scale != 1.0:
+        if self._label_widening is not None:  # [N, 1]: 1 + the widest of the image's labels' widenings
+            widening = self._label_widening.to(device=labels.device, dtype=labels.dtype)
+            scale = 1.0 + (labels.clamp(0.0, 1.0) * widening).amax(dim=1, keepdim=True)
+            sigma = scale.to(sigma.dtype) * sigma
+        elif self.label_variation_scale != 1.0:
             sigma = self.label_variation_scale * sigma
         return mu + sigma * z[:, : self.label_modulation].to(mu.dtype)
 

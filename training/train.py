@@ -50,6 +50,7 @@ def make_generator(cfg: TrainConfig) -> Generator:
         cfg.label_modulation,
         label_modulation_from=cfg.label_modulation_from,
         label_variation=cfg.label_variation,
+        label_names=list(cfg.label_names),
     )
 
 

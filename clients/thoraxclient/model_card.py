@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CARD_SCHEMA_VERSION = "1"
 
@@ -52,12 +52,23 @@ class Architecture(_Strict):
         "the change from no finding; or per place ('input': the labels beside the latent, '16': the "
         "modulations of the 16 px block), the places not named as trained (older cards: 1.0)",
     )
-    label_variation_scale: float = Field(
+    label_variation_scale: float | dict[str, float] = Field(
         default=1.0,
-        gt=0,
         description="with conditioning augmentation, the spread of the drawn label embedding against the "
-        "trained one: 1.0 as trained, above 1 more variety within a label (older cards: 1.0)",
+        "trained one: 1.0 as trained, above 1 more variety within a label; or per label (e.g. "
+        "{'Edema': 2.0}), the labels not named as trained (older cards: 1.0)",
     )
+
+    @field_validator("label_variation_scale")
+    @classmethod
+    def _spread_above_zero(cls, v: float | dict[str, float]) -> float | dict[str, float]:
+        if any(x <= 0 for x in (v.values() if isinstance(v, dict) else [v])):
+            raise ValueError("a label variation scale must be above 0")
+        return v
+
+    def label_variation_text(self) -> str:
+        """The spread in words: "1.2", or "Cardiomegaly 1.5, Edema 2" for one given per label."""
+        return describe_label_variation_scale(self.label_variation_scale)
 
     def label_guidance_text(self) -> str:
         """The guidance in words: "1.5", or "16 px 2.5, 32 px 1.5" for one given per place."""
@@ -70,6 +81,14 @@ class Architecture(_Strict):
 def is_label_guided(guidance: float | dict[str, float]) -> bool:
     """Whether a label guidance draws any place other than as trained."""
     return any(v != 1.0 for v in guidance.values()) if isinstance(guidance, dict) else guidance != 1.0
+
+
+def describe_label_variation_scale(scale: float | dict[str, float]) -> str:
+    """A label variation scale in words: "1.2", or per label "Cardiomegaly 1.5, Edema 2" (the others: 1).
+    The twin of training.networks' (which travels alone in the TorchServe archive)."""
+    if isinstance(scale, dict):
+        return ", ".join(f"{k} {v:g}" for k, v in scale.items())
+    return f"{scale:g}"
 
 
 def describe_label_guidance(guidance: float | dict[str, float]) -> str:
