@@ -103,6 +103,9 @@ def test_a_generator_that_returns_training_images_is_flagged(splits) -> None:
     assert result["threshold_real_p99_9"] < 0.999
     assert figure.size == (4 * 34 + 2, 32 * 34 + 2)  # 32 rows: generated + 3 nearest, 32 px tiles
     assert len(result["flagged_examples"]) == 40  # every flagged image is listed
+    lo, hi = result["flagged_fraction_interval_95"]
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 40), abs=1e-4)  # 40 of 40: exact lower bound
+    assert 0 < result["heldout_flagged_fraction"] <= 0.05  # the held-out images' own share over the threshold
 
     def noise(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # nothing like a radiograph
         return torch.rand(len(z), 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -111,6 +114,7 @@ def test_a_generator_that_returns_training_images_is_flagged(splits) -> None:
     assert (
         result["flagged"] == 0 and result["generated_vs_train"]["max"] < result["heldout_vs_train"]["median"]
     )
+    assert result["flagged_fraction_interval_95"] == [0.0, round(1 - 0.025 ** (1 / 20), 4)]
 
 
 def test_ms_ssim_is_used_from_176_px_and_finds_copies(data_dir: Path) -> None:

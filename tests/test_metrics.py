@@ -223,3 +223,17 @@ def test_mean_pairwise_distance_scales_with_the_features_and_matches_every_pair(
     pairs = [np.linalg.norm(x[i] - x[j]) for i in range(40) for j in range(i + 1, 40)]
     assert mean_pairwise_distance(x, chunk=7) == pytest.approx(np.mean(pairs), rel=1e-12)
     assert mean_pairwise_distance(2.5 * x) == pytest.approx(2.5 * np.mean(pairs), rel=1e-12)
+
+
+def test_the_binomial_interval_is_exact_at_its_closed_forms_and_covers_the_count() -> None:
+    from training.metrics import binomial_interval
+
+    assert binomial_interval(0, 10) == (0.0, pytest.approx(1 - 0.025**0.1, abs=1e-9))  # (alpha/2)^(1/n)
+    assert binomial_interval(10, 10) == (pytest.approx(0.025**0.1, abs=1e-9), 1.0)
+    lo, hi = binomial_interval(5, 1000)  # Clopper-Pearson tables: 0.00162 to 0.01163
+    assert lo == pytest.approx(0.001625, abs=2e-6) and hi == pytest.approx(0.011629, abs=2e-6)
+    narrow = binomial_interval(50, 10000)  # the same share on ten times the images: a narrower interval
+    assert lo < narrow[0] < 0.005 < narrow[1] < hi
+    for bad in [(-1, 10), (11, 10), (0, 0)]:
+        with pytest.raises(ValueError):
+            binomial_interval(*bad)

@@ -69,6 +69,7 @@ from training.checkpoint import load_generator
 from training.data import RadiographSet, describe_data, find_label_table, resample
 from training.export import card_markdown
 from training.metrics import (
+    binomial_interval,
     bootstrap_auc,
     cluster_order,
     frechet_distance,
@@ -335,6 +336,10 @@ def memorisation(
         "threshold_real_p99_9": round(threshold, 4),
         "flagged": int(len(flagged)),
         "flagged_fraction": round(len(flagged) / count, 4),
+        # the count's sampling spread: a few per 1,000 moves by several between seeds
+        "flagged_fraction_interval_95": [round(x, 4) for x in binomial_interval(len(flagged), count)],
+        # the goal's yardstick: the held-out real images over the same threshold (about 1 in their number)
+        "heldout_flagged_fraction": round(float(np.mean(real_scores[:, 0] > threshold)), 4),
         "flagged_examples": [
             {
                 "index": int(i),
@@ -1345,9 +1350,13 @@ def evaluate_model(
         figures.append("eval_memorisation.png")
         timings["memorisation_s"] = time.perf_counter() - t0
         evaluation["memorisation"] = memo
+        lo, hi = memo["flagged_fraction_interval_95"]
         progress(
             f"memorisation: {memo['flagged']} of {opts.count} generated images above the real-vs-real 99.9th "
-            f"percentile {memo['metric']} {memo['threshold_real_p99_9']} ({timings['memorisation_s']:.0f} s)"
+            f"percentile {memo['metric']} {memo['threshold_real_p99_9']}: "
+            f"{100 * memo['flagged_fraction']:.2f} % (95 % interval {100 * lo:.2f}-{100 * hi:.2f} %) against "
+            f"the held-out real images' {100 * memo['heldout_flagged_fraction']:.2f} % "
+            f"({timings['memorisation_s']:.0f} s)"
         )
     if checks & {"classifier", "sweep", "collapse"}:
         t0 = time.perf_counter()

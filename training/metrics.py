@@ -231,3 +231,36 @@ def mean_pairwise_distance(features: np.ndarray, chunk: int = 1024) -> float:
         squared[rows, start + rows] = 0.0  # a row's distance to itself, which rounding leaves above 0
         total += float(np.sqrt(squared.clip(0.0)).sum())
     return total / (n * (n - 1))  # each unordered pair was counted twice, once from each side
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (n in the thousands is fine)."""
+    import math
+
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 1.0 if k >= n else 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    lg = math.lgamma
+    terms = [lg(n + 1) - lg(i + 1) - lg(n - i + 1) + i * log_p + (n - i) * log_q for i in range(k + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a proportion seen as k of n: the p at which k or more, and
+    k or fewer, would each be seen with probability (1 - level) / 2. Found by bisection."""
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    tail = (1.0 - level) / 2.0
+
+    def solve(f, lo: float, hi: float) -> float:  # f decreasing in p; the p where f(p) = tail
+        for _ in range(100):
+            mid = (lo + hi) / 2.0
+            lo, hi = (mid, hi) if f(mid) > tail else (lo, mid)
+        return (lo + hi) / 2.0
+
+    lower = 0.0 if k == 0 else 1.0 - solve(lambda q: _binomial_cdf(n - k, n, q), 0.0, 1.0)
+    upper = 1.0 if k == n else solve(lambda p: _binomial_cdf(k, n, p), 0.0, 1.0)
+    return lower, upper
