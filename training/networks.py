@@ -165,27 +165,33 @@ def checked_label_guidance(w: object) -> LabelGuidance:
     return dict(sorted(out.items(), key=lambda kv: _guidance_key_order(kv[0])))
 
 
-def parse_label_guidance(text: str) -> LabelGuidance:
-    """`--label-guidance` as typed: "1.5" (everywhere) or "16=2.5,32=1.5" (those places; the others 1)."""
+def _number_or_pairs(text: str, number: str, pairs: str, pair: str) -> float | dict[str, float]:
+    """A sampling option as typed: one number, or KEY=NUMBER pairs as a mapping of strings to floats,
+    unchecked. ValueError says what was expected: `number` ("1.5"), `pairs` ("places such as
+    16=2,32=1.5"), `pair` ("PLACE=NUMBER (e.g. 16=2)")."""
     text = text.strip()
     if "=" not in text:
         try:
-            value = float(text)
+            return float(text)
         except ValueError:
-            raise ValueError(
-                f"expected a number such as 1.5, or places such as 16=2,32=1.5; got {text!r}"
-            ) from None
-        return checked_label_guidance(value)
-    pairs: dict[str, object] = {}
+            raise ValueError(f"expected a number such as {number}, or {pairs}; got {text!r}") from None
+    out: dict[str, float] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
         try:
-            pairs[key.strip()] = float(value)
+            out[key.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"{part.strip()!r} is not PLACE=NUMBER (e.g. 16=2)") from None
-        if not sep:
-            raise ValueError(f"{part.strip()!r} is not PLACE=NUMBER (e.g. 16=2)")
-    return checked_label_guidance(pairs)
+            raise ValueError(f"{part.strip()!r} is not {pair}") from None
+        if not sep or not key.strip():
+            raise ValueError(f"{part.strip()!r} is not {pair}")
+    return out
+
+
+def parse_label_guidance(text: str) -> LabelGuidance:
+    """`--label-guidance` as typed: "1.5" (everywhere) or "16=2.5,32=1.5" (those places; the others 1)."""
+    return checked_label_guidance(
+        _number_or_pairs(text, "1.5", "places such as 16=2,32=1.5", "PLACE=NUMBER (e.g. 16=2)")
+    )
 
 
 def checked_label_variation_scale(scale: object, label_names: list[str] | None) -> LabelSpread:
@@ -225,32 +231,19 @@ def checked_label_variation_scale(scale: object, label_names: list[str] | None) 
 def parse_label_variation_scale(text: str) -> LabelSpread:
     """`--label-variation-scale` as typed: "1.2" (every label) or "Edema=2,Cardiomegaly=1.5" (those
     labels wider; the others as trained). Label names are checked against the model later."""
-    text = text.strip()
-    if "=" not in text:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(
-                f"expected a number such as 1.2, or labels such as Edema=2,Cardiomegaly=1.5; got {text!r}"
-            ) from None
+    value = _number_or_pairs(
+        text, "1.2", "labels such as Edema=2,Cardiomegaly=1.5", "LABEL=NUMBER (e.g. Edema=2)"
+    )
+    if not isinstance(value, dict):
         if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{text} must be a number above 0")
+            raise ValueError(f"{text.strip()} must be a number above 0")
         return value  # its range is checked against the model, with the flag named
-    pairs: dict[str, float] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"{part.strip()!r} is not LABEL=NUMBER (e.g. Edema=2)") from None
-        if not sep or not key.strip():
-            raise ValueError(f"{part.strip()!r} is not LABEL=NUMBER (e.g. Edema=2)")
+    for key, number in value.items():
         if not math.isfinite(number) or not 1.0 <= number <= MAX_LABEL_VARIATION_SCALE:
             raise ValueError(
-                f"{part.strip()!r}: a label's spread must be in [1, {MAX_LABEL_VARIATION_SCALE:g}]"
+                f"'{key}={number:g}': a label's spread must be in [1, {MAX_LABEL_VARIATION_SCALE:g}]"
             )
-        pairs[key.strip()] = number
-    return pairs
+    return value
 
 
 def describe_label_variation_scale(scale: LabelSpread) -> str:
