@@ -2,13 +2,16 @@
 CPU, in fp32 or in bf16 where the CPU has AVX512-BF16 or AMX.
 
 bf16 is mixed: the low-resolution head of the generator (the dense layer, the 4x4 block and the blocks
-up to a quarter of the image's side, and at least to FP32_UP_TO px: 16 px for a 64 px model, 32 px for
-a 128 px one; `fp32_side`) runs in fp32 and only the blocks above it in bf16. A GAN generator
+up to a quarter of the image's side for a 64 px model, half of it from 128 px, and at least to
+FP32_UP_TO px: 16 px for a 64 px model, 64 px for a 128 px one; `fp32_side`) runs in fp32 and only
+the blocks above it in bf16. A GAN generator
 amplifies what happens early: bf16 in the dense layer alone moves more pixels than bf16 in all the
 high-resolution blocks together, while the head costs a small share of the FLOPs. Whole-graph bf16
 left 4 % of the shipped 64 px model's pixels more than 1 grey level from fp32; this split keeps at
 least 99 % within 1 (bench/inference_speed.py measures both, over 1,000 images). At 128 px a head to
-16 px was not enough for `nih128/2` (98.9 % within 1, worst 14 grey levels); to 32 px: 99.8 %, worst 7.
+16 px was not enough for `nih128/2` (98.9 % within 1, worst 14 grey levels); to 32 px: 99.8 %, worst 7,
+but `nih128/5` (a spread per label) left one pixel 10-11 levels off at 32 px and 3 at 64 px (99.99 %
+within 1), at 378 images/s on 2 threads against 464 at 32 px and onnxruntime fp32's 286.
 
 Every call runs the graph on fixed chunks of CHUNK images (the last one padded): OpenVINO picks other
 bf16 kernels for other batch sizes, and those round differently, so a fixed chunk is what keeps an
@@ -27,12 +30,15 @@ from service.backends import to_grey
 from thorax.latents import latents_for
 
 FP32_UP_TO = 16  # px: blocks at or below this resolution stay fp32 in the bf16 backend, at least
-FP32_SHARE = 4  # ... and the blocks up to 1/FP32_SHARE of the image's side
+FP32_SHARE = 4  # ... and the blocks up to 1/FP32_SHARE of the image's side (64 px models)
+FP32_SHARE_LARGE = 2  # ... 1/2 of it from LARGE px on: only the largest block runs in bf16
+LARGE = 128
 
 
 def fp32_side(resolution: int) -> int:
     """The side up to which the bf16 backend keeps a generator's blocks in fp32 (see the module's text)."""
-    return max(FP32_UP_TO, resolution // FP32_SHARE)
+    share = FP32_SHARE_LARGE if resolution >= LARGE else FP32_SHARE
+    return max(FP32_UP_TO, resolution // share)
 
 
 CHUNK = 16  # images per graph run
