@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared run for a session whose task is lent a GPU machine (the `device` tool; 15 minutes of
 # device time in all, one command of at most 10 minutes). One command does both GPU items:
-#   issue 11: train CONFIG (default nih128-ca-long: the recipe of nih128/2, from which nih128/3 and
-#             nih128/4, the default, trained on; from the start, 260 kimg) on the GPU, stopped with a
+#   issue 11: train CONFIG (default nih128-ca-long: the recipe of nih128/2, from which nih128/3 to
+#             nih128/5, the default, trained on; from the start, 260 kimg) on the GPU, stopped with a
 #             checkpoint after TRAIN_S seconds if its schedule is not done by then;
 #   issue 16: bench/gpu_speed.py, the full-size generator at 256 / 512 / 1024 px against the paper's P100.
 #
