@@ -106,6 +106,7 @@ def test_a_generator_that_returns_training_images_is_flagged(splits) -> None:
     lo, hi = result["flagged_fraction_interval_95"]
     assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 40), abs=1e-4)  # 40 of 40: exact lower bound
     assert 0 < result["heldout_flagged_fraction"] <= 0.05  # the held-out images' own share over the threshold
+    assert result["below_heldout_min_fraction"] == result["below_heldout_p1_fraction"] == 0.0  # copies
 
     def noise(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # nothing like a radiograph
         return torch.rand(len(z), 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -115,6 +116,7 @@ def test_a_generator_that_returns_training_images_is_flagged(splits) -> None:
         result["flagged"] == 0 and result["generated_vs_train"]["max"] < result["heldout_vs_train"]["median"]
     )
     assert result["flagged_fraction_interval_95"] == [0.0, round(1 - 0.025 ** (1 / 20), 4)]
+    assert result["below_heldout_min_fraction"] == 1.0  # noise is less like a radiograph than any real one
 
 
 def test_ms_ssim_is_used_from_176_px_and_finds_copies(data_dir: Path) -> None:

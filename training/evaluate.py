@@ -340,6 +340,12 @@ def memorisation(
         "flagged_fraction_interval_95": [round(x, 4) for x in binomial_interval(len(flagged), count)],
         # the goal's yardstick: the held-out real images over the same threshold (about 1 in their number)
         "heldout_flagged_fraction": round(float(np.mean(real_scores[:, 0] > threshold)), 4),
+        # the other tail: generated images less like any training image than every held-out image is (or
+        # than 99 % of them): variety that is no radiograph's shows here, not in the diversity ratio
+        "below_heldout_min_fraction": round(float(np.mean(fake_scores[:, 0] < real_scores[:, 0].min())), 4),
+        "below_heldout_p1_fraction": round(
+            float(np.mean(fake_scores[:, 0] < np.percentile(real_scores[:, 0], 1))), 4
+        ),
         "flagged_examples": [
             {
                 "index": int(i),
@@ -1357,6 +1363,11 @@ def evaluate_model(
             f"{100 * memo['flagged_fraction']:.2f} % (95 % interval {100 * lo:.2f}-{100 * hi:.2f} %) against "
             f"the held-out real images' {100 * memo['heldout_flagged_fraction']:.2f} % "
             f"({timings['memorisation_s']:.0f} s)"
+        )
+        progress(
+            f"  the other tail: {100 * memo['below_heldout_min_fraction']:.1f} % of them are less like any "
+            f"training image than every held-out image is ({100 * memo['below_heldout_p1_fraction']:.1f} % "
+            "below the held-out images' 1st percentile, where 1 % of those lie)"
         )
     if checks & {"classifier", "sweep", "collapse"}:
         t0 = time.perf_counter()
