@@ -411,9 +411,9 @@ class Generator(nn.Module):
             )
         self._label_variation_scale = scale
         # per label: each label's widening (scale - 1), 0 for the labels not named; [num_labels]
-        self._label_widening = (
+        self._label_widening = (  # a mapping was checked against label_names, so they are there
             torch.tensor([scale.get(n, 1.0) - 1.0 for n in self.label_names])
-            if isinstance(scale, dict) and self.label_names is not None
+            if isinstance(scale, dict)
             else None
         )
 
