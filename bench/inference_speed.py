@@ -130,7 +130,7 @@ def variants(path: Path, G: Generator, threads: int, int8_path: Path | None) -> 
         return found
     found["openvino"] = ("fp32", lambda: OpenVinoBackend(path, latent, threads, "fp32"))
     found["openvino bf16, whole graph"] = ("bf16", lambda: OpenVinoBackend(path, latent, threads, "bf16", 0))
-    for up_to in (8, 16, 32, 64):
+    for up_to in (s for s in (8, 16, 32, 64) if s < G.resolution):  # at the side itself nothing is bf16
         mark = " (backend)" if up_to == fp32_side(G.resolution) else ""
         found[f"openvino bf16, fp32 to {up_to} px{mark}"] = (
             "bf16",

@@ -255,12 +255,13 @@ def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float
         raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
     tail = (1.0 - level) / 2.0
 
-    def solve(f, lo: float, hi: float) -> float:  # f decreasing in p; the p where f(p) = tail
+    def solve(f) -> float:  # f decreasing in p on [0, 1]; the p where f(p) = tail
+        lo, hi = 0.0, 1.0
         for _ in range(100):
             mid = (lo + hi) / 2.0
             lo, hi = (mid, hi) if f(mid) > tail else (lo, mid)
         return (lo + hi) / 2.0
 
-    lower = 0.0 if k == 0 else 1.0 - solve(lambda q: _binomial_cdf(n - k, n, q), 0.0, 1.0)
-    upper = 1.0 if k == n else solve(lambda p: _binomial_cdf(k, n, p), 0.0, 1.0)
+    lower = 0.0 if k == 0 else 1.0 - solve(lambda q: _binomial_cdf(n - k, n, q))
+    upper = 1.0 if k == n else solve(lambda p: _binomial_cdf(k, n, p))
     return lower, upper
