@@ -33,6 +33,7 @@ from training.evaluate import (
     controllability,
     evaluate_model,
     memorisation,
+    nearest,
     pool_to,
     real_score_gap,
     real_spread,
@@ -117,6 +118,19 @@ def test_a_generator_that_returns_training_images_is_flagged(splits) -> None:
     )
     assert result["flagged_fraction_interval_95"] == [0.0, round(1 - 0.025 ** (1 / 20), 4)]
     assert result["below_heldout_min_fraction"] == 1.0  # noise is less like a radiograph than any real one
+
+
+def test_the_nearest_match_search_reports_progress_without_changing_its_answer(splits) -> None:
+    """The memorisation check of 3,000 images at 128 px takes minutes: `nearest` says how far it is."""
+    train, _ = splits
+    refs = train.images_at(32)
+    index = SsimIndex(refs)
+    seen: list[int] = []
+    scores, idx = nearest(index, refs[:7], progress=seen.append, every=2)
+    assert seen == [2, 4, 6]  # not after the last image: the caller reports the result
+    quiet_scores, quiet_idx = nearest(index, refs[:7])
+    assert np.array_equal(scores, quiet_scores) and np.array_equal(idx, quiet_idx)
+    assert (idx[:, 0] == np.arange(7)).all()  # each training image is its own nearest match
 
 
 def test_ms_ssim_is_used_from_176_px_and_finds_copies(data_dir: Path) -> None:
