@@ -130,7 +130,10 @@ def test_label_guidance_per_place_is_checked_and_parsed() -> None:
         ("16=0", "at 16"),
         ("12=2", "unknown place '12'"),
         ("16=x", "'16=x' is not PLACE=NUMBER"),
-        ("16=2,32", "'32' is not PLACE=NUMBER"),
+        ("16=2,32", "elsewhere must be a number in \\(0, 10\\], got 32"),  # 32: every other place
+        ("16=2,3,2", "'3' is not PLACE=NUMBER"),  # the strength elsewhere, twice
+        ("2,*=3", "give the strength elsewhere once"),
+        ("2,Pneumonia=0", "for Pneumonia must be a number"),
         ("strong", "expected a number"),
     ]:
         with pytest.raises(ValueError, match=why):
@@ -141,6 +144,57 @@ def test_label_guidance_per_place_is_checked_and_parsed() -> None:
     with pytest.raises(ValueError, match="names block 32"):
         Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10, label_guidance={"32": 2.0})
     assert G.label_guidance == 1.0  # a refused setting leaves the generator as it was
+
+
+def test_a_label_with_its_own_guidance_changes_only_the_images_with_that_label(tmp_path) -> None:
+    """{"*": 2, "l3": 1}: images without l3 draw at guidance 2, exactly; an image with l3 whole (alone
+    or beside another label) draws as the generator at guidance 1, a half l3 as at 1.5; of two labels
+    with strengths of their own the one further from the place's wins. Baked into ONNX."""
+    from training.checkpoint import generator_config, load_generator, save_generator
+    from training.export import export_onnx, onnx_parity
+
+    names = [f"l{i}" for i in range(LABELS)]
+    torch.manual_seed(0)
+    G = Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10, label_variation=True, label_names=names)
+    G = _trained_modulation(G.eval())
+    labels = torch.zeros(6, LABELS)
+    labels[1, 2] = 1.0  # another label: guidance 2
+    labels[2, 3] = 1.0  # l3 whole: guidance 1
+    labels[3, [2, 3]] = 1.0  # l3 beside l2: l3's strength for the whole image
+    labels[4, 3] = 0.5  # half l3: half way, 1.5
+    labels[5, [3, 9]] = 1.0  # l3 (1) and l9 (4): l9 is further from 2, so 4
+    z = torch.randn(6, LATENT)
+
+    def drawn_at(w: float) -> torch.Tensor:
+        G.label_guidance = w
+        return G(z, labels)
+
+    with torch.no_grad():
+        at = {w: drawn_at(w) for w in (1.0, 1.5, 2.0, 4.0)}
+        G.label_guidance = {"*": 2.0, "l9": 4.0, "l3": 1.0}
+        assert G.label_guidance == {"*": 2.0, "l3": 1.0, "l9": 4.0}  # labels in the generator's order
+        mixed = G(z, labels)
+    assert torch.equal(mixed[:2], at[2.0][:2])  # no finding and l2: exactly as at guidance 2
+    for row, w in [(2, 1.0), (3, 1.0), (4, 1.5), (5, 4.0)]:
+        assert torch.allclose(mixed[row], at[w][row], atol=1e-5), row
+        assert mixed[row].sub(at[2.0][row]).abs().max() > 1e-3, row
+    with torch.no_grad():
+        save_generator(tmp_path, G, generator_config(G, tuple(names), CHANNELS))
+        loaded, config = load_generator(tmp_path)
+        assert config["label_guidance"] == {"*": 2.0, "l3": 1.0, "l9": 4.0}
+        assert torch.equal(loaded(z, labels), mixed)
+    export_onnx(loaded, tmp_path / "g.onnx")
+    assert onnx_parity(loaded, tmp_path / "g.onnx") < 1e-4
+    G.label_guidance = {"16": 3.0, "l3": 1.0}  # places and a label: l3's images at 1 in the 16 px block too
+    with torch.no_grad():
+        assert torch.allclose(G(z, labels)[2], at[1.0][2], atol=1e-5)
+    assert parse_label_guidance("2, l3=1,16=2.5") == {"16": 2.5, "*": 2.0, "l3": 1.0}
+    with pytest.raises(ValueError, match="unknown place 'nope'.*or one of this generator's labels \\(l0, l1"):
+        G.label_guidance = {"*": 2.0, "nope": 1.0}
+    assert G.label_guidance == {"16": 3.0, "l3": 1.0}  # a refused value leaves the last one
+    unnamed = _modulated()
+    with pytest.raises(ValueError, match="unknown place 'l3'"):
+        unnamed.label_guidance = {"l3": 1.0}
 
 
 def test_modulations_from_16_px_leave_the_smaller_blocks_to_the_latent() -> None:

@@ -421,6 +421,26 @@ def test_a_conditioning_variant_run_exports_and_serves(tmp_path: Path, data_dir:
             )
 
 
+def test_a_card_with_a_guidance_per_label_reads_back_and_says_so() -> None:
+    raw = json.loads((REPO / "model_store" / "nih128" / "4" / "model_card.json").read_text())
+    raw["architecture"]["label_guidance"] = {"*": 2.0, "Pneumonia": 1.0}
+    card = ModelCard.model_validate(raw)
+    assert card.architecture.label_guidance_text() == "2, Pneumonia 1" and card.architecture.is_guided()
+    text = card_markdown(card)
+    assert "Label guidance 2, Pneumonia 1: every label's change from no finding is taken" in text
+    assert "an image with Pneumonia takes that label's own strength at every place" in text
+    assert (
+        "label guidance: 2, Pneumonia 1 (everywhere labels are drawn that many times as far as "
+        in summary(raw)
+        and "images with a label named: that label's strength" in summary(raw)
+    )
+    raw["architecture"]["label_guidance"] = {"16": 2.5, "*": 2.0}
+    card = ModelCard.model_validate(raw)
+    assert card.architecture.label_guidance_text() == "16 px 2.5, elsewhere 2"
+    assert "elsewhere at the strength given for elsewhere" in card_markdown(card)
+    assert "elsewhere as trained" not in summary(raw)
+
+
 def test_a_card_with_a_spread_per_label_reads_back_and_says_so() -> None:
     raw = json.loads((REPO / "model_store" / "nih128" / "4" / "model_card.json").read_text())
     raw["architecture"]["label_variation_scale"] = {"Cardiomegaly": 1.45, "Edema": 1.9}

@@ -79,9 +79,14 @@ def summary(card: dict, is_default: bool = False) -> str:
         lines += _wrapped(arch["conditioning"], "    ", "  conditioning: ")
     guidance = arch.get("label_guidance", 1.0)
     if isinstance(guidance, dict):
+        places = any(k == "input" or k.isdigit() for k in guidance)
+        labels_own = any(not (k == "input" or k.isdigit() or k == "*") for k in guidance)
+        where = "at those places" if places else "everywhere"
+        rest = "" if "*" in guidance or not places else "; elsewhere as trained"
+        own = "; images with a label named: that label's strength" if labels_own else ""
         lines.append(
-            f"  label guidance: {describe_label_guidance(guidance)} (at those places labels are drawn that "
-            "many times as far as trained; elsewhere as trained)"
+            f"  label guidance: {describe_label_guidance(guidance)} ({where} labels are drawn that "
+            f"many times as far as trained{rest}{own})"
         )
     elif guidance != 1.0:
         lines.append(f"  label guidance: {guidance:g} (labels drawn that many times as far as trained)")

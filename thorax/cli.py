@@ -531,8 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-guidance", type=_label_guidance, metavar="W",
                    help="draw each label W times as far from no finding as trained, to preview a "
                    "strength before exporting it; or per place, e.g. 16=2.5 (the 16 px block's "
-                   "modulations; input = the labels beside the latent; others as trained) (default: "
-                   "the model's)")  # fmt: skip
+                   "modulations; input = the labels beside the latent; others as trained); a number "
+                   "with labels of their own strength, e.g. 2,Pneumonia=1 (default: the "
+                   "model's)")  # fmt: skip
     p.add_argument("--label-variation-scale", type=_label_variation_scale, metavar="S",
                    help="for a model trained with conditioning augmentation (label_variation, as "
                    "nih64/6), spread each label's drawn embedding S times as wide as trained: more "
@@ -559,9 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-guidance",
         type=_label_guidance,
         metavar="W",
-        help="draw each label W times as far from no finding as trained, or per place, e.g. 16=2.5 "
-        "(default: the source's; 1 for a run); baked into the ONNX graph and the archive, recorded in "
-        "the card",
+        help="draw each label W times as far from no finding as trained, or per place, e.g. 16=2.5, "
+        "or with labels of their own strength, e.g. 2,Pneumonia=1 (default: the source's; 1 for a run); "
+        "baked into the ONNX graph and the archive, recorded in the card",
     )
     p.add_argument(
         "--label-variation-scale",
@@ -623,8 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the results into DIR and leave the model's folder and card as they are "
                    "(a trial)")  # fmt: skip
     p.add_argument("--label-guidance", type=_label_guidance, metavar="W",
-                   help="judge the model at this guidance instead of its own, e.g. 1.5 or 16=2.5 "
-                   "(needs --out): a strength judged before it is exported")  # fmt: skip
+                   help="judge the model at this guidance instead of its own, e.g. 1.5, 16=2.5 or "
+                   "2,Pneumonia=1 (needs --out): a strength judged before it is exported")  # fmt: skip
     p.add_argument("--label-variation-scale", type=_label_variation_scale, metavar="S",
                    help="judge the model with its drawn label embedding spread S times as wide as "
                    "trained, or per label as Edema=2 (needs --out), as --label-guidance")  # fmt: skip

@@ -460,11 +460,31 @@ def card_markdown(card: ModelCard) -> str:
     )
     conditioning = f"\nConditioning: {a.conditioning}." if a.conditioning else ""
     if a.is_guided() and isinstance(a.label_guidance, dict):
+        keys = list(a.label_guidance)
+        places = [k for k in keys if k == "input" or k.isdigit()]
+        own = [k for k in keys if k not in places and k != "*"]
+        if places:
+            where = (
+                "at each place named (the labels beside the latent, or the modulations of the blocks of "
+                "that side) every label's change from no finding is taken that many times as far as the "
+                "network was trained to draw it; "
+                + ("elsewhere at the strength given for elsewhere" if "*" in keys else "elsewhere as trained")
+            )
+        else:
+            where = (
+                "every label's change from no finding is taken that many times as far as the network was "
+                "trained to draw it"
+            )
+        labels = (
+            f"; an image with {', '.join(own)} takes that label's own strength at every place (of two "
+            "such labels, the one whose strength differs more from the place's; a fraction of a label, that "
+            "fraction of the way)"
+            if own
+            else ""
+        )
         conditioning += (
-            f"\nLabel guidance {a.label_guidance_text()}: at each place named (the labels beside the "
-            "latent, or the modulations of the blocks of that side) every label's change from no finding "
-            "is taken that many times as far as the network was trained to draw it; elsewhere, and for no "
-            "finding itself, as trained: stronger signs of disease, at some cost in variety within a label."
+            f"\nLabel guidance {a.label_guidance_text()}: {where}{labels}; no finding itself as trained: "
+            "stronger signs of disease, at some cost in variety within a label."
         )
     elif a.is_guided():
         conditioning += (

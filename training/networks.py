@@ -128,6 +128,7 @@ class LabelModulation(nn.Module):
 MAX_LABEL_GUIDANCE = 10.0
 MAX_LABEL_VARIATION_SCALE = 4.0  # label_variation_scale: (0, 4]; 1.5 already spreads some labels past real
 GUIDANCE_INPUT = "input"  # the key of the labels concatenated with the latent, beside the blocks' sides
+GUIDANCE_ELSEWHERE = "*"  # the key of the strength at every place not named (1 when absent)
 
 LabelGuidance = float | dict[str, float]
 LabelSpread = float | dict[str, float]  # label_variation_scale: one number, or a wider spread per label
@@ -139,30 +140,47 @@ def _checked_weight(w: object, where: str) -> float:
     return float(w)
 
 
-def _guidance_key_order(key: str) -> int:
-    return -1 if key == GUIDANCE_INPUT else int(key)
+def is_guidance_place(key: str) -> bool:
+    """Whether a key of a label guidance mapping is a place ("input" or a block side), not "*" or a label."""
+    return key == GUIDANCE_INPUT or key.isdigit()
 
 
-def checked_label_guidance(w: object) -> LabelGuidance:
-    """A label guidance, checked: a number in (0, 10] for every place the labels enter, or a mapping from
-    places to numbers, the others staying as trained: "input" (the labels beside the latent) and block
-    sides ("4", "8", ..., the modulations of that block; "4" includes the 4x4 convolution's). A mapping is
-    returned with string keys in input-then-side order. ValueError names what is wrong."""
+def checked_label_guidance(w: object, label_names: list[str] | None = None) -> LabelGuidance:
+    """A label guidance, checked: a number in (0, 10] for every place the labels enter, or a mapping of
+    numbers in (0, 10] with keys of three kinds:
+    - places: "input" (the labels beside the latent) and block sides ("4", "8", ..., the modulations of
+      that block; "4" includes the 4x4 convolution's);
+    - "*": every place not named (1, as trained, when absent);
+    - label names (needs `label_names`): the strength for images with that label, at every place, in
+      place of the places' own (see `Generator`); e.g. {"*": 2, "Pneumonia": 1}.
+    A mapping is returned with string keys: input, then sides, then "*", then labels in the generator's
+    order. ValueError names what is wrong."""
     if not isinstance(w, dict):
         return _checked_weight(w, "")
     if not w:
         raise ValueError("label_guidance: an empty mapping (give a number, or places such as 16=2)")
+    names = list(label_names or [])
     out = {}
     for key, value in w.items():
         key = str(key).strip()
         side_ok = key.isdigit() and int(key) >= 4 and int(key) & (int(key) - 1) == 0
-        if key != GUIDANCE_INPUT and not side_ok:
+        if key not in (GUIDANCE_INPUT, GUIDANCE_ELSEWHERE) and not side_ok and key not in names:
+            labels = f", or one of this generator's labels ({', '.join(names)})" if names else ""
             raise ValueError(
-                f"label_guidance: unknown place {key!r}: use {GUIDANCE_INPUT!r} or a block side "
-                "(4, 8, 16, ...)"
+                f"label_guidance: unknown place {key!r}: use {GUIDANCE_INPUT!r}, a block side "
+                f"(4, 8, 16, ...){labels}"
             )
-        out[key] = _checked_weight(value, f" at {key}")
-    return dict(sorted(out.items(), key=lambda kv: _guidance_key_order(kv[0])))
+        where = f" at {key}" if is_guidance_place(key) else f" for {key}"
+        out[key] = _checked_weight(value, " elsewhere" if key == GUIDANCE_ELSEWHERE else where)
+
+    def order(key: str) -> tuple[int, int]:
+        if key == GUIDANCE_INPUT:
+            return (0, 0)
+        if key.isdigit():
+            return (1, int(key))
+        return (2, 0) if key == GUIDANCE_ELSEWHERE else (3, names.index(key))
+
+    return dict(sorted(out.items(), key=lambda kv: order(kv[0])))
 
 
 def _number_or_pairs(text: str, number: str, pairs: str, pair: str) -> float | dict[str, float]:
@@ -188,10 +206,33 @@ def _number_or_pairs(text: str, number: str, pairs: str, pair: str) -> float | d
 
 
 def parse_label_guidance(text: str) -> LabelGuidance:
-    """`--label-guidance` as typed: "1.5" (everywhere) or "16=2.5,32=1.5" (those places; the others 1)."""
-    return checked_label_guidance(
-        _number_or_pairs(text, "1.5", "places such as 16=2,32=1.5", "PLACE=NUMBER (e.g. 16=2)")
+    """`--label-guidance` as typed: "1.5" (everywhere), "16=2.5,32=1.5" (those places; the others 1), or
+    either with labels: "2,Pneumonia=1" (every place 2; images with Pneumonia 1). Label names are
+    checked against the model later."""
+    parts = [p.strip() for p in text.split(",")]
+    bare = [p for p in parts if "=" not in p]
+    if "=" not in text or len(bare) != 1:  # one number, or pairs alone (a bad part is named there)
+        value = _number_or_pairs(text, "1.5", "places such as 16=2,32=1.5", "PLACE=NUMBER (e.g. 16=2)")
+        return checked_label_guidance(value, _labels_in(value))
+    try:
+        elsewhere = float(bare[0])
+    except ValueError:
+        raise ValueError(f"{bare[0]!r} is not a number or PLACE=NUMBER (e.g. 16=2)") from None
+    value = _number_or_pairs(
+        ",".join(p for p in parts if "=" in p), "1.5", "places such as 16=2", "PLACE=NUMBER (e.g. 16=2)"
     )
+    assert isinstance(value, dict)
+    if GUIDANCE_ELSEWHERE in value:
+        raise ValueError(f"{text.strip()!r}: give the strength elsewhere once, as a number or as *=W")
+    value = {GUIDANCE_ELSEWHERE: elsewhere, **value}
+    return checked_label_guidance(value, _labels_in(value))
+
+
+def _labels_in(value: float | dict[str, float]) -> list[str]:
+    """The keys of a typed guidance that are neither places nor "*": label names, checked later."""
+    if not isinstance(value, dict):
+        return []
+    return [k for k in value if not is_guidance_place(k) and k != GUIDANCE_ELSEWHERE]
 
 
 def checked_label_variation_scale(scale: object, label_names: list[str] | None) -> LabelSpread:
@@ -255,8 +296,18 @@ def describe_label_variation_scale(scale: LabelSpread) -> str:
 
 
 def guidance_weight(guidance: LabelGuidance, place: str) -> float:
-    """The guidance at one place ("input" or a block side as a string)."""
-    return guidance if isinstance(guidance, float | int) else guidance.get(place, 1.0)
+    """The guidance at one place ("input" or a block side as a string), for images without a label of
+    their own strength."""
+    if isinstance(guidance, float | int):
+        return guidance
+    return guidance.get(place, guidance.get(GUIDANCE_ELSEWHERE, 1.0))
+
+
+def guidance_by_label(guidance: LabelGuidance) -> dict[str, float]:
+    """The labels a guidance gives a strength of their own, and those strengths (none for a number)."""
+    if isinstance(guidance, float | int):
+        return {}
+    return {k: v for k, v in guidance.items() if not is_guidance_place(k) and k != GUIDANCE_ELSEWHERE}
 
 
 def is_guided(guidance: LabelGuidance) -> bool:
@@ -423,9 +474,9 @@ class Generator(nn.Module):
 
     @label_guidance.setter
     def label_guidance(self, w: LabelGuidance) -> None:
-        w = checked_label_guidance(w)
+        w = checked_label_guidance(w, self.label_names)
         if isinstance(w, dict):
-            blocks = [k for k in w if k != GUIDANCE_INPUT]
+            blocks = [k for k in w if k.isdigit()]
             if blocks and not self.label_modulation:
                 raise ValueError(
                     f"label_guidance at block {blocks[0]}: this generator's labels enter at the input only "
@@ -444,6 +495,23 @@ class Generator(nn.Module):
                     f"is {self.resolution}"
                 )
         self._label_guidance = w
+        # per label: each label's own strength (0 for the labels not named) and which are named, both
+        # [num_labels]; a mapping was checked against label_names, so a label key means they are there
+        own = guidance_by_label(w)
+        self._label_strength = torch.tensor([own.get(n, 0.0) for n in self.label_names]) if own else None
+        self._label_named = torch.tensor([float(n in own) for n in self.label_names]) if own else None
+
+    def _guidance_per_image(self, w: float, labels: torch.Tensor) -> torch.Tensor | float:
+        """The strength at a place whose own is `w`, for each image: [N, 1], or `w` itself when no label
+        has a strength of its own. An image with such labels takes w + v (g - w) for the one of them
+        whose v |g - w| is largest (g its strength, v its value; the first in label order on a tie):
+        g for a whole label, w for none, and between the two for a fraction of one."""
+        if self._label_strength is None or self._label_named is None:
+            return w
+        strength, named = self._label_strength.to(labels), self._label_named.to(labels)
+        shift = labels.clamp(0.0, 1.0) * named * (strength - w)  # [N, L]; 0 for the labels not named
+        pick = shift.abs().argmax(dim=1, keepdim=True)  # [N, 1]
+        return w + shift.gather(1, pick)  # [N, 1]
 
     def set_sampling(
         self, *, label_guidance: LabelGuidance | None = None, label_variation_scale: LabelSpread | None = None
@@ -518,6 +586,7 @@ class Generator(nn.Module):
         gain = self.cond_gain
         embedding = self.label_embedding_of(labels, z) if self.label_modulation else None  # [N, E]
         guidance = self.label_guidance
+        own = self._label_strength is not None and is_guided(guidance)  # labels with their own strength
         embedding_at: dict[str, torch.Tensor | None] = {}  # block side -> that block's embedding
         if is_guided(guidance) and embedding is not None:
             # no finding's embedding [N, E], at the same shape, so the same kernels: an all-zero row's
@@ -526,12 +595,13 @@ class Generator(nn.Module):
             guided: dict[float, torch.Tensor] = {}  # one embedding per strength
             for lv in range(1, self.max_level + 1):
                 w = guidance_weight(guidance, str(resolution_of(lv)))
-                if w != 1.0:
+                if w != 1.0 or own:
                     if w not in guided:
-                        guided[w] = base + w * (embedding - base)
+                        guided[w] = base + self._guidance_per_image(w, labels) * (embedding - base)
                     embedding_at[str(resolution_of(lv))] = guided[w]
-        if (w_input := guidance_weight(guidance, GUIDANCE_INPUT)) != 1.0:
-            labels = w_input * labels  # the input embedding is linear: w * labels is its guided form too
+        if (w_input := guidance_weight(guidance, GUIDANCE_INPUT)) != 1.0 or own:
+            # the input embedding is linear: w * labels is its guided form too
+            labels = self._guidance_per_image(w_input, labels) * labels
         if self.label_embedding:
             x = torch.cat([pixel_norm(z), gain * pixel_norm(self.embed(labels))], dim=1)  # [N, 2 * latent]
         else:

@@ -50,7 +50,8 @@ class Architecture(_Strict):
         default=1.0,
         description="how far past its trained effect each label is drawn: 1.0 as trained, 2.0 twice "
         "the change from no finding; or per place ('input': the labels beside the latent, '16': the "
-        "modulations of the 16 px block), the places not named as trained (older cards: 1.0)",
+        "modulations of the 16 px block, '*': every place not named, else as trained), and per label "
+        "(e.g. 'Pneumonia': 1.0, the strength for images with that label) (older cards: 1.0)",
     )
     label_variation_scale: float | dict[str, float] = Field(
         default=1.0,
@@ -92,10 +93,23 @@ def describe_label_variation_scale(scale: float | dict[str, float]) -> str:
 
 
 def describe_label_guidance(guidance: float | dict[str, float]) -> str:
-    """A label guidance in words: "1.5", or per place "input 2, 16 px 2.5" (the places not named: 1)."""
-    if isinstance(guidance, dict):
-        return ", ".join(f"{k if k == 'input' else k + ' px'} {v:g}" for k, v in guidance.items())
-    return f"{guidance:g}"
+    """A label guidance in words: "1.5"; per place "input 2, 16 px 2.5" (the places not named: 1); with
+    "*" (every other place) "16 px 2.5, elsewhere 2", or "2" alone; with labels of their own strength
+    "2, Pneumonia 1"."""
+    if not isinstance(guidance, dict):
+        return f"{guidance:g}"
+    places = any(k == "input" or k.isdigit() for k in guidance)
+    parts = []
+    for k, v in guidance.items():
+        if k == "input":
+            parts.append(f"input {v:g}")
+        elif k.isdigit():
+            parts.append(f"{k} px {v:g}")
+        elif k == "*":
+            parts.append(f"elsewhere {v:g}" if places else f"{v:g}")
+        else:
+            parts.append(f"{k} {v:g}")
+    return ", ".join(parts)
 
 
 class DataSource(_Strict):
