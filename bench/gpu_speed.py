@@ -98,7 +98,7 @@ def onnx_rate(G: Generator, batch: int, seconds: float, folder: Path) -> float |
     path = folder / f"paper{G.resolution}.onnx"
     if not path.exists():
         export_onnx(G.cpu(), path)
-    backend = OnnxBackend(path, G.latent_dim, threads=1, device="cuda")
+    backend = OnnxBackend(path, G.latent_dim, threads=1, device="cuda", chunk=batch)  # one run
     labels = np.zeros((batch, G.num_labels), np.float32)
     return rate(lambda: backend.generate(1, list(range(batch)), labels), batch, seconds)
 

@@ -165,6 +165,28 @@ def test_the_same_spec_and_backend_give_the_same_bytes_whatever_the_batch_size(t
     assert theirs != shards  # another backend is another spec: its bytes differ, its images agree
 
 
+@pytest.mark.parametrize("ref", ["cxr64/2", "nih128/6"])
+def test_onnxruntime_gives_the_same_bytes_whatever_the_batch(ref: str) -> None:
+    """On an Intel Xeon with AVX-512 onnxruntime rounded some pixels of a batch of 1 a grey level away
+    from the same images in a batch of 8; the backend runs fixed chunks, so a job's bytes do not depend on
+    THORAX_BATCH_SIZE (the Dask workers' 1 against a gateway's 8, tests/test_dask.py)."""
+    model = open_model(ref, REPO_STORE)
+    backend = open_backend(model, Settings(onnx_threads=1), "onnxruntime", "fp32")
+    labels = np.zeros((19, 14), np.float32)
+    labels[::2, 2] = 1.0
+    whole = backend.generate(4, list(range(19)), labels)
+    for batch in (1, 8):
+        parts = [
+            backend.generate(4, list(range(i, min(i + batch, 19))), labels[i : i + batch])
+            for i in range(0, 19, batch)
+        ]
+        assert np.array_equal(np.concatenate(parts), whole), batch
+    twice = backend.generate(4, [3, 3], np.stack([labels[3], labels[4]]))  # one latent, two label vectors
+    assert np.array_equal(twice[0], whole[3]) and np.array_equal(
+        twice[1], backend.generate(4, [3], labels[4:5])[0]
+    )
+
+
 def test_a_job_records_the_backend_that_made_it(tmp_path: Path) -> None:
     body = {"count": 3, "shard_size": 3, "seed": 2, "format": "dicom"}
     manifest, _ = run_job(Settings(storage_dir=tmp_path, backend="openvino", precision="fp32"), body)

@@ -476,7 +476,7 @@ def card_markdown(card: ModelCard) -> str:
                 "trained to draw it"
             )
         labels = (
-            f"; an image with {', '.join(own)} takes that label's own strength at every place (of two "
+            f"; an image with {' or '.join(own)} takes that label's own strength at every place (of two "
             "such labels, the one whose strength differs more from the place's; a fraction of a label, that "
             "fraction of the way)"
             if own
