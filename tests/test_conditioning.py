@@ -192,6 +192,12 @@ def test_a_label_with_its_own_guidance_changes_only_the_images_with_that_label(t
     with pytest.raises(ValueError, match="unknown place 'nope'.*or one of this generator's labels \\(l0, l1"):
         G.label_guidance = {"*": 2.0, "nope": 1.0}
     assert G.label_guidance == {"16": 3.0, "l3": 1.0}  # a refused value leaves the last one
+    with pytest.raises(
+        ValueError, match="^--label-variation-scale"
+    ):  # a refused pair leaves both as they were
+        G.set_sampling(label_guidance={"*": 2.0}, label_variation_scale={"nope": 2.0})
+    with torch.no_grad():
+        assert torch.allclose(G(z, labels)[2], at[1.0][2], atol=1e-5)  # l3's own strength still drawn
     unnamed = _modulated()
     with pytest.raises(ValueError, match="unknown place 'l3'"):
         unnamed.label_guidance = {"l3": 1.0}

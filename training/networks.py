@@ -365,8 +365,11 @@ class Generator(nn.Module):
                     trained to, and each label's change from there is multiplied by w in the spaces
                     where it enters (guidance, as in classifier-free guidance, at sampling time only).
                     A mapping sets w per place ("input", or a block side such as "16"; the others 1),
-                    e.g. {"16": 2.5} (`nih64/5`): the labels' effect on the 16x16 block alone.
-                    Checked again whenever it is set.
+                    e.g. {"16": 2.5} (`nih64/5`): the labels' effect on the 16x16 block alone; "*"
+                    sets every place not named. Label names give those labels a strength of their own
+                    ({"*": 2, "Pneumonia": 1}, `nih128/6`): an image takes w + v (g - w) at a place of
+                    strength w, for the label (value v, strength g) whose v |g - w| is largest, so
+                    images without those labels draw exactly as at w. Checked again whenever it is set.
         label_variation: conditioning augmentation (Zhang et al. 2017, StackGAN): the modulations'
                     embedding is drawn, not fixed, as mu(labels) + sigma(labels) * z[:label_modulation]
                     (the latent's first components), so one label vector gives a spread of disease
@@ -529,7 +532,7 @@ class Generator(nn.Module):
             try:
                 setattr(self, attr, value)
             except ValueError as exc:  # the value, or a place or spread this generator does not have
-                self._label_guidance = before[0]
+                self.label_guidance = before[0]  # the setters: each keeps its per-label tensors in step
                 self.label_variation_scale = before[1]
                 raise ValueError(f"{flag}: {exc}") from None
 
