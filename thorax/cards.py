@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import textwrap
 
-from thoraxclient.model_card import describe_label_guidance, describe_label_variation_scale
+from thoraxclient.model_card import (
+    describe_label_guidance,
+    describe_label_variation_scale,
+    guidance_own_labels,
+    is_guidance_place,
+)
 
 WIDTH = 100
 
@@ -79,11 +84,10 @@ def summary(card: dict, is_default: bool = False) -> str:
         lines += _wrapped(arch["conditioning"], "    ", "  conditioning: ")
     guidance = arch.get("label_guidance", 1.0)
     if isinstance(guidance, dict):
-        places = any(k == "input" or k.isdigit() for k in guidance)
-        labels_own = any(not (k == "input" or k.isdigit() or k == "*") for k in guidance)
+        places = any(is_guidance_place(k) for k in guidance)
         where = "at those places" if places else "everywhere"
         rest = "" if "*" in guidance or not places else "; elsewhere as trained"
-        own = "; images with a label named: that label's strength" if labels_own else ""
+        own = "; images with a label named: that label's strength" if guidance_own_labels(guidance) else ""
         lines.append(
             f"  label guidance: {describe_label_guidance(guidance)} ({where} labels are drawn that "
             f"many times as far as trained{rest}{own})"

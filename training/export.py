@@ -441,6 +441,8 @@ def _evaluation_value(key: str, v: object) -> str:
 
 
 def card_markdown(card: ModelCard) -> str:
+    from thoraxclient.model_card import guidance_own_labels, is_guidance_place
+
     a, d = card.architecture, card.training_data
     progress = "the whole schedule" if a.complete else "stopped before the end of its schedule"
     if card.evaluation is None:
@@ -461,9 +463,8 @@ def card_markdown(card: ModelCard) -> str:
     conditioning = f"\nConditioning: {a.conditioning}." if a.conditioning else ""
     if a.is_guided() and isinstance(a.label_guidance, dict):
         keys = list(a.label_guidance)
-        places = [k for k in keys if k == "input" or k.isdigit()]
-        own = [k for k in keys if k not in places and k != "*"]
-        if places:
+        own = guidance_own_labels(a.label_guidance)
+        if any(is_guidance_place(k) for k in keys):
             where = (
                 "at each place named (the labels beside the latent, or the modulations of the blocks of "
                 "that side) every label's change from no finding is taken that many times as far as the "

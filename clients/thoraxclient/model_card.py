@@ -92,13 +92,26 @@ def describe_label_variation_scale(scale: float | dict[str, float]) -> str:
     return f"{scale:g}"
 
 
+def is_guidance_place(key: str) -> bool:
+    """Whether a key of a label guidance mapping is a place ("input" or a block side), not "*" (every place
+    not named) or a label name. The twin of training.networks' (which travels alone in the archive)."""
+    return key == "input" or key.isdigit()
+
+
+def guidance_own_labels(guidance: float | dict[str, float]) -> list[str]:
+    """The labels a label guidance gives a strength of their own (none for a number)."""
+    if not isinstance(guidance, dict):
+        return []
+    return [k for k in guidance if not is_guidance_place(k) and k != "*"]
+
+
 def describe_label_guidance(guidance: float | dict[str, float]) -> str:
     """A label guidance in words: "1.5"; per place "input 2, 16 px 2.5" (the places not named: 1); with
     "*" (every other place) "16 px 2.5, elsewhere 2", or "2" alone; with labels of their own strength
     "2, Pneumonia 1"."""
     if not isinstance(guidance, dict):
         return f"{guidance:g}"
-    places = any(k == "input" or k.isdigit() for k in guidance)
+    places = any(is_guidance_place(k) for k in guidance)
     parts = []
     for k, v in guidance.items():
         if k == "input":

@@ -60,11 +60,11 @@ class OnnxBackend:
         runs: list[tuple[int, dict[int, int]]] = []  # (chunk number, {row: position in this call})
         for position, index in enumerate(indices):
             chunk, row = divmod(index, self.chunk)
-            free = next((taken for k, taken in runs if k == chunk and row not in taken), None)
-            if free is None:
-                free = {}
-                runs.append((chunk, free))
-            free[row] = position
+            run = next((taken for k, taken in runs if k == chunk and row not in taken), None)
+            if run is None:  # the chunk's first image, or its row is taken by a repeated index
+                run = {}
+                runs.append((chunk, run))
+            run[row] = position
         out: list[np.ndarray | None] = [None] * len(indices)
         for _, taken in runs:
             rows, positions = list(taken), list(taken.values())
