@@ -498,20 +498,20 @@ class Generator(nn.Module):
                     f"is {self.resolution}"
                 )
         self._label_guidance = w
-        # per label: each label's own strength (0 for the labels not named) and which are named, both
+        # per label: each label's own strength, 0 for the labels not named (a strength is above 0);
         # [num_labels]; a mapping was checked against label_names, so a label key means they are there
         own = guidance_by_label(w)
         self._label_strength = torch.tensor([own.get(n, 0.0) for n in self.label_names]) if own else None
-        self._label_named = torch.tensor([float(n in own) for n in self.label_names]) if own else None
 
     def _guidance_per_image(self, w: float, labels: torch.Tensor) -> torch.Tensor | float:
         """The strength at a place whose own is `w`, for each image: [N, 1], or `w` itself when no label
         has a strength of its own. An image with such labels takes w + v (g - w) for the one of them
         whose v |g - w| is largest (g its strength, v its value; the first in label order on a tie):
         g for a whole label, w for none, and between the two for a fraction of one."""
-        if self._label_strength is None or self._label_named is None:
+        if self._label_strength is None:
             return w
-        strength, named = self._label_strength.to(labels), self._label_named.to(labels)
+        strength = self._label_strength.to(labels)
+        named = (strength > 0).to(labels)  # [L]: 1 for the labels with a strength of their own
         shift = labels.clamp(0.0, 1.0) * named * (strength - w)  # [N, L]; 0 for the labels not named
         pick = shift.abs().argmax(dim=1, keepdim=True)  # [N, 1]
         return w + shift.gather(1, pick)  # [N, 1]
