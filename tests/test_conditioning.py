@@ -501,6 +501,61 @@ def test_a_config_can_start_from_another_and_change_one_setting(tmp_path) -> Non
         load_config(str(tmp_path / "c.toml"))
 
 
+def test_a_no_finding_spread_widens_the_images_without_a_label_whatever_the_guidance(tmp_path) -> None:
+    """{"No_Finding": 2, "l2": 1.5}: an image without a label is drawn with its embedding's spread doubled,
+    at guidance 1 and 2 alike; an image with a whole label is drawn exactly as without the No_Finding
+    entry; half a label leaves half of no finding. Baked into ONNX, described first on the card."""
+    from training.checkpoint import generator_config, load_generator, save_generator
+    from training.export import export_onnx, onnx_parity
+    from training.networks import describe_label_variation_scale, parse_label_variation_scale
+
+    names = [f"l{i}" for i in range(LABELS)]
+    torch.manual_seed(0)
+    G = Generator(16, LATENT, LABELS, CHANNELS, label_modulation=10, label_variation=True, label_names=names)
+    G = _trained_modulation(G.eval())
+    with torch.no_grad():
+        G.label_log_sigma.weight.normal_(0, 0.3)
+    labels = torch.zeros(5, LABELS)
+    labels[1, 2] = 1.0  # l2: 1.5
+    labels[2, 5] = 1.0  # l5, not named: as trained
+    labels[3, 5] = 0.5  # half l5: half of no finding's widening, 1 + 0.5 * 1
+    labels[4, 2] = 0.5  # half l2: no finding's half (0.5) is wider than l2's (0.25)
+    z = torch.randn(5, LATENT)
+
+    def at_guidance(w: float) -> torch.Tensor:
+        G.label_guidance = w
+        return G(z, labels)
+
+    with torch.no_grad():
+        mu = G.label_map(labels)
+        noise = torch.exp(G.label_log_sigma(mu)) * z[:, :10]
+        G.label_variation_scale = {"l2": 1.5}
+        labels_only = {w: at_guidance(w) for w in (1.0, 2.0)}
+        G.label_variation_scale = {"l2": 1.5, "No_Finding": 2.0}
+        assert G.label_variation_scale == {"No_Finding": 2.0, "l2": 1.5}  # no finding first
+        widened = G.label_embedding_of(labels, z)
+        for row, scale in enumerate([2.0, 1.5, 1.0, 1.5, 1.5]):
+            assert torch.allclose(widened[row], mu[row] + scale * noise[row], atol=1e-6), row
+        drawn = {w: at_guidance(w) for w in (1.0, 2.0)}
+    for w in (1.0, 2.0):  # whole labels: exactly as without No_Finding; no finding: wider
+        assert torch.equal(drawn[w][1:3], labels_only[w][1:3]), w
+        assert drawn[w][0].sub(labels_only[w][0]).abs().max() > 1e-3, w
+    assert torch.allclose(drawn[2.0][0], drawn[1.0][0], atol=1e-6)  # guidance leaves no finding alone
+    with torch.no_grad():
+        save_generator(tmp_path, G, generator_config(G, tuple(names), CHANNELS))
+        loaded, config = load_generator(tmp_path)
+        assert config["label_variation_scale"] == {"No_Finding": 2.0, "l2": 1.5}
+        assert torch.equal(loaded(z, labels), drawn[2.0])
+    export_onnx(loaded, tmp_path / "g.onnx")
+    assert onnx_parity(loaded, tmp_path / "g.onnx") < 1e-4
+    assert describe_label_variation_scale(loaded.label_variation_scale) == "No_Finding 2, l2 1.5"
+    assert parse_label_variation_scale("No_Finding=1.1,l2=2") == {"No_Finding": 1.1, "l2": 2.0}
+    with pytest.raises(ValueError, match="must be a number in \\[1, 4\\]"):
+        G.label_variation_scale = {"No_Finding": 0.9}  # widened, never narrowed
+    with pytest.raises(ValueError, match="unknown label 'no_finding'.*No_Finding: the images without a"):
+        G.label_variation_scale = {"no_finding": 1.2}
+
+
 def test_a_per_label_spread_widens_only_the_images_with_those_labels(tmp_path) -> None:
     from training.checkpoint import generator_config, load_generator, save_generator
     from training.export import export_onnx, onnx_parity

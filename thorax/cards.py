@@ -96,8 +96,9 @@ def summary(card: dict, is_default: bool = False) -> str:
         lines.append(f"  label guidance: {guidance:g} (labels drawn that many times as far as trained)")
     if isinstance(scale := arch.get("label_variation_scale", 1.0), dict):
         lines.append(
-            f"  label variation scale: {describe_label_variation_scale(scale)} (images with those labels: "
-            "the label embedding drawn that much more spread; the others as trained)"
+            f"  label variation scale: {describe_label_variation_scale(scale)} (images with those labels"
+            + (", No_Finding those without one" if "No_Finding" in scale else "")
+            + ": the label embedding drawn that much more spread; the others as trained)"
         )
     elif scale != 1.0:
         lines.append(f"  label variation scale: {scale:g} (the label embedding drawn that much more spread)")

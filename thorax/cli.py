@@ -538,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a model trained with conditioning augmentation (label_variation, as "
                    "nih64/6), spread each label's drawn embedding S times as wide as trained: more "
                    "variety within a label above 1; or per label, e.g. Edema=2,Cardiomegaly=1.5 (the "
-                   "others as trained) (default: the model's)")  # fmt: skip
+                   "others as trained; No_Finding=1.1 for the images without a label) (default: the "
+                   "model's)")  # fmt: skip
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
@@ -569,8 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_label_variation_scale,
         metavar="S",
         help="with conditioning augmentation, spread each label's drawn embedding S times as wide as "
-        "trained, or per label, e.g. Edema=2,Cardiomegaly=1.5 (the others as trained) (default: the "
-        "source's; 1 for a run); baked in and recorded like --label-guidance",
+        "trained, or per label, e.g. Edema=2,Cardiomegaly=1.5 (the others as trained; No_Finding for "
+        "the images without a label) (default: the source's; 1 for a run); baked in and recorded like "
+        "--label-guidance",
     )
     p.set_defaults(func=_cmd_export)
 

@@ -494,10 +494,14 @@ def card_markdown(card: ModelCard) -> str:
             "for stronger signs of disease at the cost of variety within a label."
         )
     if isinstance(a.label_variation_scale, dict):
+        no_finding = "No_Finding" in a.label_variation_scale
         conditioning += (
-            f"\nLabel variation scale {a.label_variation_text()}: for an image with one of these labels the "
-            "spread of the drawn label embedding is that many times the trained one (the widest of its "
-            "labels'), for more variety within the label; the other labels, and no finding, as trained."
+            f"\nLabel variation scale {a.label_variation_text()}: for an image with one of these labels "
+            + ("(No_Finding: an image without a label) " if no_finding else "")
+            + "the spread of the drawn label embedding is that many times the trained one (the widest of "
+            "its labels'), for more variety within the label; the other labels"
+            + ("" if no_finding else ", and no finding,")
+            + " as trained."
         )
     elif a.label_variation_scale != 1.0:
         conditioning += (

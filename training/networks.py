@@ -132,6 +132,7 @@ GUIDANCE_ELSEWHERE = "*"  # the key of the strength at every place not named (1 
 
 LabelGuidance = float | dict[str, float]
 LabelSpread = float | dict[str, float]  # label_variation_scale: one number, or a wider spread per label
+NO_FINDING = "No_Finding"  # a per-label spread's key for the images without a label (the all-zero vector)
 
 
 def _checked_weight(w: object, where: str) -> float:
@@ -237,8 +238,9 @@ def _labels_in(value: float | dict[str, float]) -> list[str]:
 
 def checked_label_variation_scale(scale: object, label_names: list[str] | None) -> LabelSpread:
     """A label variation scale, checked: a number in (0, 4] for every label, or a mapping from label
-    names to numbers in [1, 4] (a wider spread for those labels; the others as trained). A mapping is
-    returned in the generator's label order. ValueError names what is wrong."""
+    names to numbers in [1, 4] (a wider spread for those labels; the others as trained), where
+    "No_Finding" names the images without a label. A mapping is returned with No_Finding first, then the
+    generator's label order. ValueError names what is wrong."""
     if not isinstance(scale, dict):
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
             raise ValueError(f"label_variation_scale must be a number, got {scale!r}")
@@ -254,10 +256,11 @@ def checked_label_variation_scale(scale: object, label_names: list[str] | None) 
     out = {}
     for name, value in scale.items():
         name = str(name).strip()
-        if name not in label_names:
+        if name not in label_names and name != NO_FINDING:
             raise ValueError(
                 f"label_variation_scale: unknown label {name!r}; this generator's labels are "
                 + ", ".join(label_names)
+                + f" ({NO_FINDING}: the images without a label)"
             )
         ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
         if not ok or not 1.0 <= value <= MAX_LABEL_VARIATION_SCALE:
@@ -266,7 +269,7 @@ def checked_label_variation_scale(scale: object, label_names: list[str] | None) 
                 f"(a label's spread is widened, never narrowed), got {value!r}"
             )
         out[name] = float(value)
-    return {n: out[n] for n in label_names if n in out}
+    return {n: out[n] for n in (NO_FINDING, *label_names) if n in out}
 
 
 def parse_label_variation_scale(text: str) -> LabelSpread:
@@ -470,6 +473,8 @@ class Generator(nn.Module):
             if isinstance(scale, dict)
             else None
         )
+        # the images without a label: their widening, 0 when not named
+        self._no_finding_widening = scale.get(NO_FINDING, 1.0) - 1.0 if isinstance(scale, dict) else 0.0
 
     @property
     def label_guidance(self) -> LabelGuidance:
@@ -555,18 +560,31 @@ class Generator(nn.Module):
             label_names=config.get("label_names"),
         )
 
-    def label_embedding_of(self, labels: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def label_embedding_of(
+        self, labels: torch.Tensor, z: torch.Tensor, no_finding_share: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The modulations' embedding [N, E]: the label mapping's output, or with `label_variation` that
         output plus sigma(labels) times the latent's first E components (times `label_variation_scale`;
-        one per image for a per-label scale)."""
+        one per image for a per-label scale).
+
+        With a per-label scale naming No_Finding, an image's share of no finding (1 minus its largest
+        label, or `no_finding_share` [N, 1] when given) takes that share of No_Finding's widening, where it
+        is wider than its labels'. The guidance's no-finding anchor passes the image's own share, so that
+        an image without a label is drawn with its widening whatever the guidance."""
         mu = self.label_map(labels)
         if not self.label_variation:
             return mu
         sigma = torch.exp(self.label_log_sigma(mu))
         if self._label_widening is not None:  # [N, 1]: 1 + the widest of the image's labels' widenings
             widening = self._label_widening.to(device=labels.device, dtype=labels.dtype)
-            scale = 1.0 + (labels.clamp(0.0, 1.0) * widening).amax(dim=1, keepdim=True)
-            sigma = scale.to(sigma.dtype) * sigma
+            present = labels.clamp(0.0, 1.0)
+            wide = (present * widening).amax(dim=1, keepdim=True)
+            if self._no_finding_widening:
+                share = no_finding_share
+                if share is None:
+                    share = 1.0 - present.amax(dim=1, keepdim=True)
+                wide = torch.maximum(wide, self._no_finding_widening * share)
+            sigma = (1.0 + wide).to(sigma.dtype) * sigma
         elif self.label_variation_scale != 1.0:
             sigma = self.label_variation_scale * sigma
         return mu + sigma * z[:, : self.label_modulation].to(mu.dtype)
@@ -594,7 +612,8 @@ class Generator(nn.Module):
         if is_guided(guidance) and embedding is not None:
             # no finding's embedding [N, E], at the same shape, so the same kernels: an all-zero row's
             # embedding is then exactly its trained one
-            base = self.label_embedding_of(torch.zeros_like(labels), z)
+            share = 1.0 - labels.clamp(0.0, 1.0).amax(dim=1, keepdim=True)  # [N, 1]: the image's no finding
+            base = self.label_embedding_of(torch.zeros_like(labels), z, no_finding_share=share)
             guided: dict[float, torch.Tensor] = {}  # one embedding per strength
             for lv in range(1, self.max_level + 1):
                 w = guidance_weight(guidance, str(resolution_of(lv)))

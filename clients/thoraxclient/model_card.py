@@ -57,7 +57,8 @@ class Architecture(_Strict):
         default=1.0,
         description="with conditioning augmentation, the spread of the drawn label embedding against the "
         "trained one: 1.0 as trained, above 1 more variety within a label; or per label (e.g. "
-        "{'Edema': 2.0}), the labels not named as trained (older cards: 1.0)",
+        "{'Edema': 2.0}; 'No_Finding': the images without a label), the labels not named as trained "
+        "(older cards: 1.0)",
     )
 
     @field_validator("label_variation_scale")
