@@ -233,6 +233,29 @@ def test_bf16_autocast_run_keeps_the_penalty_finite(tmp_path: Path, data_dir: Pa
     assert meta["training"]["complete"] is True
 
 
+def test_a_bf16_config_trains_in_fp32_on_a_cpu_without_bf16_arithmetic(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config's bf16 autocast is dropped, with a word why, where the CPU has neither AVX512-BF16 nor
+    AMX (emulated bf16 trained at half fp32's speed); --bf16 keeps it, and a CPU with either keeps it."""
+    from training.train import Trainer
+
+    cfg = dataclasses.replace(load_config("tiny"), bf16=True)
+
+    def trainer(capabilities: dict[str, bool], bf16: bool | None, run: str) -> Trainer:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+        opts = RunOptions(tmp_path / run, data_dir, limit_images=8, quiet=True, bf16=bf16)
+        return Trainer(cfg, opts)
+
+    plain = trainer({"avx512f": True, "avx512_bf16": False, "amx_bf16": False}, None, "plain")
+    assert plain.bf16 is False and "this CPU has no bf16 arithmetic" in plain.bf16_note
+    assert trainer({"avx512_bf16": True}, None, "avx512").bf16 is True
+    assert trainer({"amx_bf16": True}, None, "amx").bf16 is True
+    forced = trainer({"avx512_bf16": False}, True, "forced")
+    assert forced.bf16 is True and forced.bf16_note == ""
+    assert trainer({"avx512_bf16": True}, False, "off").bf16 is False
+
+
 def test_init_seed_changes_the_networks_but_not_the_split(tmp_path: Path, data_dir: Path) -> None:
     cfg = load_config("tiny")
     runs = {

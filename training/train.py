@@ -87,6 +87,17 @@ def label_row_weights(
     return weights / weights.sum()
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX). Without it bf16 autocast is emulated:
+    the 128 px stage trained at 4.4 images/s against 9.5 in fp32 on an Intel Xeon with AVX-512 alone, and
+    at about 28 in bf16 on an AMD EPYC with AVX512-BF16."""
+    try:
+        capabilities = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # a torch without it: keep what the config says
+        return True
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last checkpoint is still good."""
 
@@ -141,6 +152,13 @@ class Trainer:
                 raise UserError("--device cuda: no CUDA device is available here")
             self.device = torch.device(opts.device)
         self.bf16 = cfg.bf16 if opts.bf16 is None else opts.bf16
+        self.bf16_note = ""  # why the config's bf16 is not used, for the first progress line
+        if opts.bf16 is None and self.bf16 and self.device.type == "cpu" and not cpu_computes_bf16():
+            self.bf16 = False
+            self.bf16_note = (
+                " (the config's bf16 autocast is off: this CPU has no bf16 arithmetic (avx512_bf16 or "
+                "amx_bf16), where autocast trained at half fp32's speed; --bf16 forces it)"
+            )
         self.channels_last = cfg.channels_last if opts.channels_last is None else opts.channels_last
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
@@ -474,7 +492,7 @@ class Trainer:
         last_path = latest_checkpoint(self.run_dir)
         self._log(
             f"{cfg.name}: {len(self.data)} training images, {cfg.resolution} px, {cfg.total_kimg:g} kimg, "
-            f"device {self.device}, bf16 {self.bf16}, channels_last {self.channels_last}"
+            f"device {self.device}, bf16 {self.bf16}{self.bf16_note}, channels_last {self.channels_last}"
         )
         try:
             while True:
