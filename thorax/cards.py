@@ -10,6 +10,7 @@ from __future__ import annotations
 import textwrap
 
 from thoraxclient.model_card import (
+    NO_FINDING,
     describe_label_guidance,
     describe_label_variation_scale,
     guidance_own_labels,
@@ -97,7 +98,7 @@ def summary(card: dict, is_default: bool = False) -> str:
     if isinstance(scale := arch.get("label_variation_scale", 1.0), dict):
         lines.append(
             f"  label variation scale: {describe_label_variation_scale(scale)} (images with those labels"
-            + (", No_Finding those without one" if "No_Finding" in scale else "")
+            + (f", {NO_FINDING} those without one" if NO_FINDING in scale else "")
             + ": the label embedding drawn that much more spread; the others as trained)"
         )
     elif scale != 1.0:

@@ -57,7 +57,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from thoraxclient.model_card import ModelCard, describe_label_guidance, describe_label_variation_scale
+from thoraxclient.model_card import (
+    NO_FINDING,
+    ModelCard,
+    describe_label_guidance,
+    describe_label_variation_scale,
+)
 
 from thorax.errors import UserError
 from thorax.latents import latents_for
@@ -92,7 +97,6 @@ CHECKS = ("memorisation", "classifier", "pictures", "sweep", "collapse")  # clas
 STREAM_MEMORISATION, STREAM_SYNTHETIC, STREAM_SWEEP, STREAM_CORRELATION, STREAM_COLLAPSE = 0, 1, 2, 3, 4
 SWEEP_RISE = 0.15  # issue 11's goal: >= 10 of 14 labels rise by this much from 0 to 1, none falls
 COLLAPSE_GOAL, COLLAPSE_MIN_TRAIN = 0.8, 20  # diversity ratio >= 0.8 for labels with >= 20 training images
-NO_FINDING = "No_Finding"  # the all-zero label vector, as the data's label table names it
 
 Generate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z, labels) -> images in [-1, 1]
 

@@ -441,7 +441,7 @@ def _evaluation_value(key: str, v: object) -> str:
 
 
 def card_markdown(card: ModelCard) -> str:
-    from thoraxclient.model_card import guidance_own_labels, is_guidance_place
+    from thoraxclient.model_card import NO_FINDING, guidance_own_labels, is_guidance_place
 
     a, d = card.architecture, card.training_data
     progress = "the whole schedule" if a.complete else "stopped before the end of its schedule"
@@ -494,10 +494,10 @@ def card_markdown(card: ModelCard) -> str:
             "for stronger signs of disease at the cost of variety within a label."
         )
     if isinstance(a.label_variation_scale, dict):
-        no_finding = "No_Finding" in a.label_variation_scale
+        no_finding = NO_FINDING in a.label_variation_scale
         conditioning += (
             f"\nLabel variation scale {a.label_variation_text()}: for an image with one of these labels "
-            + ("(No_Finding: an image without a label) " if no_finding else "")
+            + (f"({NO_FINDING}: an image without a label) " if no_finding else "")
             + "the spread of the drawn label embedding is that many times the trained one (the widest of "
             "its labels'), for more variety within the label; the other labels"
             + ("" if no_finding else ", and no finding,")

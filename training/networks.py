@@ -132,7 +132,9 @@ GUIDANCE_ELSEWHERE = "*"  # the key of the strength at every place not named (1 
 
 LabelGuidance = float | dict[str, float]
 LabelSpread = float | dict[str, float]  # label_variation_scale: one number, or a wider spread per label
-NO_FINDING = "No_Finding"  # a per-label spread's key for the images without a label (the all-zero vector)
+# a per-label spread's key for the images without a label (the all-zero vector); the twin of
+# thoraxclient.model_card's (this module travels alone in the TorchServe archive)
+NO_FINDING = "No_Finding"
 
 
 def _checked_weight(w: object, where: str) -> float:

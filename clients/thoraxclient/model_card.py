@@ -11,6 +11,9 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CARD_SCHEMA_VERSION = "1"
+# the all-zero label vector, as the data's label table names it; the key of a per-label spread for the
+# images without a label (training.networks has the twin: it travels alone in the TorchServe archive)
+NO_FINDING = "No_Finding"
 
 
 class _Strict(BaseModel):
