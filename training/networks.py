@@ -614,7 +614,9 @@ class Generator(nn.Module):
         if is_guided(guidance) and embedding is not None:
             # no finding's embedding [N, E], at the same shape, so the same kernels: an all-zero row's
             # embedding is then exactly its trained one
-            share = 1.0 - labels.clamp(0.0, 1.0).amax(dim=1, keepdim=True)  # [N, 1]: the image's no finding
+            share = None  # [N, 1]: the image's share of no finding, where No_Finding has a spread
+            if self._no_finding_widening:
+                share = 1.0 - labels.clamp(0.0, 1.0).amax(dim=1, keepdim=True)
             base = self.label_embedding_of(torch.zeros_like(labels), z, no_finding_share=share)
             guided: dict[float, torch.Tensor] = {}  # one embedding per strength
             for lv in range(1, self.max_level + 1):
