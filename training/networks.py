@@ -582,9 +582,7 @@ class Generator(nn.Module):
             present = labels.clamp(0.0, 1.0)
             wide = (present * widening).amax(dim=1, keepdim=True)
             if self._no_finding_widening:
-                share = no_finding_share
-                if share is None:
-                    share = 1.0 - present.amax(dim=1, keepdim=True)
+                share = _no_finding_share(labels) if no_finding_share is None else no_finding_share
                 wide = torch.maximum(wide, self._no_finding_widening * share)
             sigma = (1.0 + wide).to(sigma.dtype) * sigma
         elif self.label_variation_scale != 1.0:
@@ -613,10 +611,8 @@ class Generator(nn.Module):
         embedding_at: dict[str, torch.Tensor | None] = {}  # block side -> that block's embedding
         if is_guided(guidance) and embedding is not None:
             # no finding's embedding [N, E], at the same shape, so the same kernels: an all-zero row's
-            # embedding is then exactly its trained one
-            share = None  # [N, 1]: the image's share of no finding, where No_Finding has a spread
-            if self._no_finding_widening:
-                share = 1.0 - labels.clamp(0.0, 1.0).amax(dim=1, keepdim=True)
+            # embedding is then exactly its drawn one (with No_Finding's spread, at the image's share)
+            share = _no_finding_share(labels) if self._no_finding_widening else None
             base = self.label_embedding_of(torch.zeros_like(labels), z, no_finding_share=share)
             guided: dict[float, torch.Tensor] = {}  # one embedding per strength
             for lv in range(1, self.max_level + 1):
@@ -647,6 +643,11 @@ class Generator(nn.Module):
             skip = upsample2(self.to_rgb[str(resolution_of(level - 1))](previous))  # [N, 1, R, R]
             out = torch.lerp(skip.to(out.dtype), out, alpha)  # CUDA autocast upsamples in fp32
         return out
+
+
+def _no_finding_share(labels: torch.Tensor) -> torch.Tensor:
+    """Each image's share of no finding, [N, 1]: 1 minus its largest label (labels [N, L] in 0..1)."""
+    return 1.0 - labels.clamp(0.0, 1.0).amax(dim=1, keepdim=True)
 
 
 class MinibatchStd(nn.Module):
